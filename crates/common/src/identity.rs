@@ -1,0 +1,83 @@
+//! Who a daemon is: the names that the public contract derives sockets, configs and state from.
+
+use std::path::{Path, PathBuf};
+
+/// Built into every SynOS binary from the commit it was compiled from, or "unknown".
+pub const GIT_REVISION: &str = env!("SYNOS_GIT_REVISION");
+
+/// A daemon's fixed names. `short_name` keys every path: `/etc/synos/<short>.toml`,
+/// `/var/lib/synos/<short>`, `/run/synos/<short>.sock`, env prefix `SYNOS_<SHORT>_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DaemonIdentity {
+    /// e.g. "llm-router".
+    pub short_name: &'static str,
+    /// e.g. "synos-llm-router": binary, package and unit name.
+    pub binary: &'static str,
+    /// The daemon's package version.
+    pub version: &'static str,
+}
+
+impl DaemonIdentity {
+    /// Prefix of the environment variables that override configuration keys, e.g.
+    /// `SYNOS_LLM_ROUTER_` (then `SERVER__TCP_LISTEN` for `server.tcp_listen`).
+    pub fn env_prefix(&self) -> String {
+        format!("SYNOS_{}_", self.short_name.replace('-', "_").to_uppercase())
+    }
+}
+
+/// The five daemons, in the order `synosctl status` lists them: `(short name, binary)`.
+pub const ALL_DAEMONS: [(&str, &str); 5] = [
+    ("llm-router", "synos-llm-router"),
+    ("memory", "synos-memory"),
+    ("hwaccel", "synos-hwaccel"),
+    ("policy", "synos-policy"),
+    ("doctor", "synos-doctor"),
+];
+
+/// The base directories of the contract, overridable for development and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directories {
+    /// Where `<short>.toml` lives: `$SYNOS_CONFIG_DIR`, else `/etc/synos`.
+    pub config: PathBuf,
+    /// Parent of each daemon's state directory: `$SYNOS_STATE_DIR`, else `/var/lib/synos`.
+    pub state: PathBuf,
+    /// Where the sockets live: `$SYNOS_RUNTIME_DIR`, else `/run/synos`.
+    pub runtime: PathBuf,
+}
+
+impl Directories {
+    /// Reads the three `SYNOS_*_DIR` variables; an unset or empty one means the default.
+    pub fn from_environment() -> Self {
+        let read = |name: &str, default: &str| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map_or_else(|| PathBuf::from(default), PathBuf::from)
+        };
+        Self {
+            config: read("SYNOS_CONFIG_DIR", "/etc/synos"),
+            state: read("SYNOS_STATE_DIR", "/var/lib/synos"),
+            runtime: read("SYNOS_RUNTIME_DIR", "/run/synos"),
+        }
+    }
+
+    /// The socket a daemon serves on unless its configuration says otherwise.
+    pub fn socket_path(&self, short_name: &str) -> PathBuf {
+        self.runtime.join(format!("{short_name}.sock"))
+    }
+
+    /// The configuration file a daemon reads unless `--config` names another.
+    pub fn config_file(&self, short_name: &str) -> PathBuf {
+        self.config.join(format!("{short_name}.toml"))
+    }
+
+    /// The daemon's own state directory (`StateDirectory=synos/<short>` under systemd).
+    pub fn state_directory(&self, short_name: &str) -> PathBuf {
+        self.state.join(short_name)
+    }
+}
+
+/// Whether `path` is a Unix socket (not following symlinks).
+pub fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_socket())
+}

@@ -1,0 +1,149 @@
+//! The gRPC server every daemon runs: its own services plus health, reflection and admin,
+//! on every listener, with readiness after binding and a bounded drain on shutdown.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use synos_proto::admin::v1::admin_server::AdminServer;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::codegen::http::{Request, Response};
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tower::Service;
+
+use crate::admin::AdminService;
+use crate::config::{DaemonConfig, Settings};
+use crate::listener::{self, ListenError, ListenPlan, Listener};
+use crate::systemd::{self, StatusLine};
+
+/// Collects a daemon's services, then serves them with the standard ones until shutdown.
+pub struct GrpcServer {
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    service_names: Vec<&'static str>,
+    status: StatusLine,
+}
+
+impl std::fmt::Debug for GrpcServer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("GrpcServer").field("service_names", &self.service_names).finish_non_exhaustive()
+    }
+}
+
+impl GrpcServer {
+    /// A server whose `STATUS=` and admin summary come from `status`.
+    pub fn new(status: StatusLine) -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        Self { routes, health, service_names: Vec::new(), status }
+    }
+
+    /// The health reporter, to mark services NOT_SERVING while a dependency is down.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Adds a generated service; its health is reported SERVING once the server is ready.
+    /// Callers apply the request size limit with the generated server's
+    /// `max_decoding_message_size(config.settings.server().max_message_bytes)`.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.service_names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Binds (or takes from systemd) the listeners, serves until `shutdown` is cancelled, then
+    /// drains in-flight calls for at most `server.drain_timeout_ms`.
+    pub async fn serve<S: Settings>(self, config: &DaemonConfig<S>, shutdown: CancellationToken) -> Result<(), ListenError> {
+        let server_config = config.settings.server();
+        let plan = ListenPlan { socket: config.socket_path(), tcp: server_config.tcp_listen };
+        let listeners = listener::acquire(&plan)?;
+        let descriptions: Vec<String> = listeners.iter().map(Listener::describe).collect();
+
+        let Self { mut routes, health, service_names, status } = self;
+        let admin = AdminService::new(config.identity, config.source.to_string(), descriptions.clone(), status.clone());
+        routes.add_service(AdminServer::new(admin).max_decoding_message_size(server_config.max_message_bytes));
+        // Both versions: grpcurl and older tools still ask v1alpha.
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(synos_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
+                .with_service_name(synos_proto::admin::v1::admin_server::SERVICE_NAME);
+            for name in &service_names {
+                builder = builder.with_service_name(*name);
+            }
+            builder
+        };
+        match (reflection().build_v1(), reflection().build_v1alpha()) {
+            (Ok(v1), Ok(v1alpha)) => {
+                routes.add_service(v1);
+                routes.add_service(v1alpha);
+            }
+            (Err(error), _) | (_, Err(error)) => {
+                // Reflection is a convenience; serving without it beats not serving.
+                tracing::error!(%error, "reflection unavailable: descriptor set rejected");
+            }
+        }
+        let routes = routes.routes();
+
+        let servers: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| tokio::spawn(serve_listener(listener, routes.clone(), shutdown.clone())))
+            .collect();
+        for name in &service_names {
+            health.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+        }
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        tracing::info!(listeners = ?descriptions, config = %config.source, "serving");
+        systemd::spawn_watchdog(shutdown.clone());
+        systemd::notify_ready(&status.get());
+
+        shutdown.cancelled().await;
+        systemd::notify_stopping();
+        // Tell watchers first, so clients such as the doctor learn of the stop at once.
+        for name in service_names.iter().copied().chain([""]) {
+            health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+        }
+        let drain = Duration::from_millis(server_config.drain_timeout_ms);
+        if tokio::time::timeout(drain, join_all(servers)).await.is_err() {
+            // Long-lived streams (health Watch) never end on their own; they are cut here.
+            tracing::info!(?drain, "drain time over; closing the remaining connections");
+        }
+        Ok(())
+    }
+}
+
+async fn serve_listener(listener: Listener, routes: Routes, shutdown: CancellationToken) {
+    let builder = Server::builder().add_routes(routes);
+    let signal = shutdown.cancelled_owned();
+    let result = match listener {
+        Listener::Unix { listener, owned, .. } => {
+            let result = builder.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal).await;
+            drop(owned);
+            result
+        }
+        Listener::Tcp(listener) => {
+            let incoming = TcpListenerStream::new(listener);
+            builder.serve_with_incoming_shutdown(incoming, signal).await
+        }
+    };
+    if let Err(error) = result {
+        tracing::error!(%error, "listener stopped with an error");
+    }
+}
