@@ -22,14 +22,29 @@ pub struct AdminService {
 
 impl AdminService {
     /// An admin service for a daemon that starts serving now.
-    pub fn new(identity: DaemonIdentity, config_source: String, listeners: Vec<String>, status: StatusLine) -> Self {
-        Self { identity, config_source, listeners, status, started_at: SystemTime::now(), started: Instant::now() }
+    pub fn new(
+        identity: DaemonIdentity,
+        config_source: String,
+        listeners: Vec<String>,
+        status: StatusLine,
+    ) -> Self {
+        Self {
+            identity,
+            config_source,
+            listeners,
+            status,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+        }
     }
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn get_info(&self, _request: Request<GetInfoRequest>) -> Result<Response<GetInfoResponse>, Status> {
+    async fn get_info(
+        &self,
+        _request: Request<GetInfoRequest>,
+    ) -> Result<Response<GetInfoResponse>, Status> {
         let uptime = self.started.elapsed();
         Ok(Response::new(GetInfoResponse {
             name: self.identity.binary.to_owned(),

@@ -43,7 +43,10 @@ pub async fn connect(socket: &Path, timeout: Duration) -> Result<Channel, Connec
     let first = Arc::new(Mutex::new(Some(first)));
     let connector_path = path.clone();
     let connector = tower::service_fn(move |_: Uri| {
-        let first = first.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let first = first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let path = connector_path.clone();
         async move {
             let stream = match first {
@@ -68,4 +71,22 @@ fn classify(path: PathBuf, error: &io::Error) -> ConnectError {
         io::ErrorKind::PermissionDenied => ConnectError::PermissionDenied(path),
         _ => ConnectError::Other(path, error.to_string()),
     }
+}
+
+/// Asks a daemon's `grpc.health.v1.Health/Check` about `service` ("" for the whole daemon).
+pub async fn health_status(
+    channel: Channel,
+    service: &str,
+    timeout: Duration,
+) -> Result<tonic_health::pb::health_check_response::ServingStatus, tonic::Status> {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let response = tokio::time::timeout(timeout, client.check(request))
+        .await
+        .map_err(|_| {
+            tonic::Status::deadline_exceeded(format!("no health answer within {timeout:?}"))
+        })??;
+    Ok(response.into_inner().status())
 }

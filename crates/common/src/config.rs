@@ -60,7 +60,10 @@ impl ServerConfig {
             ));
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.max_message_bytes) {
-            problems.push(Problem::new("server.max_message_bytes", "must be between 1024 and 67108864"));
+            problems.push(Problem::new(
+                "server.max_message_bytes",
+                "must be between 1024 and 67108864",
+            ));
         }
         if self.drain_timeout_ms > MAX_DRAIN_TIMEOUT_MS {
             problems.push(Problem::new(
@@ -82,7 +85,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".to_owned() }
+        Self {
+            filter: "info".to_owned(),
+        }
     }
 }
 
@@ -98,7 +103,10 @@ pub struct Problem {
 impl Problem {
     /// A problem with `key`.
     pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { key: key.into(), reason: reason.into() }
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -191,8 +199,12 @@ pub struct DaemonArgs {
 
 fn parse_override(argument: &str) -> Result<(String, String), String> {
     match argument.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, e.g. server.drain_timeout_ms=1000, got {argument:?}")),
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "expected KEY=VALUE, e.g. server.drain_timeout_ms=1000, got {argument:?}"
+        )),
     }
 }
 
@@ -205,12 +217,17 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into() }
+        Self {
+            message: message.into(),
+        }
     }
 }
 
 /// Loads a daemon's configuration from its file (if any), environment and arguments.
-pub fn load<S: Settings>(identity: DaemonIdentity, args: &DaemonArgs) -> Result<DaemonConfig<S>, ConfigError> {
+pub fn load<S: Settings>(
+    identity: DaemonIdentity,
+    args: &DaemonArgs,
+) -> Result<DaemonConfig<S>, ConfigError> {
     load_with(identity, args, Directories::from_environment())
 }
 
@@ -226,24 +243,42 @@ pub fn load_with<S: Settings>(
     };
     let source = match std::fs::metadata(&path) {
         Ok(metadata) if metadata.is_file() => ConfigSource::File(path.clone()),
-        Ok(_) => return Err(ConfigError::new(format!("{}: not a regular file", path.display()))),
+        Ok(_) => {
+            return Err(ConfigError::new(format!(
+                "{}: not a regular file",
+                path.display()
+            )));
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
             ConfigSource::BuiltInDefaults
         }
-        Err(error) => return Err(ConfigError::new(format!("{}: cannot read: {error}", path.display()))),
+        Err(error) => {
+            return Err(ConfigError::new(format!(
+                "{}: cannot read: {error}",
+                path.display()
+            )));
+        }
     };
     // Read the file ourselves so a TOML syntax error names the file, with line and column.
     let mut figment = Figment::new();
     if let ConfigSource::File(path) = &source {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| ConfigError::new(format!("{}: cannot read: {error}", path.display())))?;
-        figment = figment.merge(TomlFile { path: path.clone(), text });
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigError::new(format!("{}: cannot read: {error}", path.display()))
+        })?;
+        figment = figment.merge(TomlFile {
+            path: path.clone(),
+            text,
+        });
     }
     figment = figment.merge(Env::prefixed(&identity.env_prefix()).split("__"));
     if let Ok(filter) = std::env::var("RUST_LOG")
         && !filter.is_empty()
     {
-        figment = figment.merge(CommandLine::single("log.filter", &filter, "environment variable RUST_LOG"));
+        figment = figment.merge(CommandLine::single(
+            "log.filter",
+            &filter,
+            "environment variable RUST_LOG",
+        ));
     }
     let mut overrides = args.overrides.clone();
     if let Some(socket) = &args.socket {
@@ -251,19 +286,34 @@ pub fn load_with<S: Settings>(
     }
     figment = figment.merge(CommandLine::from_overrides(&overrides));
 
-    let settings: S = figment.extract().map_err(|error| describe_figment_error(&error, &figment))?;
+    let env_prefix = identity.env_prefix();
+    let settings: S = figment
+        .extract()
+        .map_err(|error| describe_figment_error(&error, &figment, &env_prefix))?;
     let mut problems = settings.server().problems();
     if let Err(error) = tracing_subscriber::EnvFilter::try_new(&settings.log().filter) {
-        problems.push(Problem::new("log.filter", format!("not a valid log filter: {error}")));
+        problems.push(Problem::new(
+            "log.filter",
+            format!("not a valid log filter: {error}"),
+        ));
     }
     problems.extend(settings.problems());
     if let Some(problem) = problems.first() {
-        let origin = figment
-            .find_metadata(&problem.key)
-            .map_or_else(|| "built-in defaults".to_owned(), |metadata| describe_origin(metadata, &problem.key));
-        return Err(ConfigError::new(format!("{origin}: key `{}`: {}", problem.key, problem.reason)));
+        let origin = figment.find_metadata(&problem.key).map_or_else(
+            || "built-in defaults".to_owned(),
+            |metadata| describe_origin(metadata, &problem.key, &env_prefix),
+        );
+        return Err(ConfigError::new(format!(
+            "{origin}: key `{}`: {}",
+            problem.key, problem.reason
+        )));
     }
-    Ok(DaemonConfig { settings, source, directories, identity })
+    Ok(DaemonConfig {
+        settings,
+        source,
+        directories,
+        identity,
+    })
 }
 
 /// A TOML file read up front, so syntax errors are reported against its path.
@@ -279,9 +329,19 @@ impl Provider for TomlFile {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         Toml::string(&self.text).data().map_err(|error| {
-            // The toml crate's message spans several lines with a source excerpt; keep line 1.
-            let first_line = error.to_string().lines().next().unwrap_or_default().to_owned();
-            figment::Error::from(format!("{}: {}", self.path.display(), first_line.trim_end_matches(':')))
+            // The toml crate's message spans several lines: "TOML parse error at line L,
+            // column C", a source excerpt, then the reason. Keep the location and the reason.
+            let text = error.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
+            let location = lines
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("TOML parse error at ");
+            let reason = lines
+                .filter(|line| !line.contains('|') && !line.starts_with('^'))
+                .collect::<Vec<_>>()
+                .join(" ");
+            figment::Error::from(format!("syntax error at {location}: {reason}"))
         })
     }
 }
@@ -297,16 +357,27 @@ impl CommandLine {
         let mut values = Dict::new();
         for (key, raw) in overrides {
             // "1000" becomes a number and "true" a boolean, as in TOML; anything else a string.
-            let value = raw.parse::<Value>().unwrap_or_else(|_| Value::from(raw.clone()));
+            let value = raw
+                .parse::<Value>()
+                .unwrap_or_else(|_| Value::from(raw.clone()));
             merge_into(&mut values, figment::util::nest(key, value));
         }
-        Self { values, name: "command line".to_owned() }
+        Self {
+            values,
+            name: "command line".to_owned(),
+        }
     }
 
     fn single(key: &str, value: &str, name: &str) -> Self {
         let mut values = Dict::new();
-        merge_into(&mut values, figment::util::nest(key, Value::from(value.to_owned())));
-        Self { values, name: name.to_owned() }
+        merge_into(
+            &mut values,
+            figment::util::nest(key, Value::from(value.to_owned())),
+        );
+        Self {
+            values,
+            name: name.to_owned(),
+        }
     }
 }
 
@@ -335,19 +406,25 @@ impl Provider for CommandLine {
     }
 }
 
-/// "file /etc/synos/x.toml", "environment variable SYNOS_X_Y", or "command line".
-fn describe_origin(metadata: &Metadata, key: &str) -> String {
+/// "/etc/synos/x.toml", "environment variable SYNOS_X_SERVER__Y", or "command line".
+fn describe_origin(metadata: &Metadata, key: &str, env_prefix: &str) -> String {
     match &metadata.source {
         Some(figment::Source::File(path)) => path.display().to_string(),
         _ if metadata.name.contains("environment variable(s)") => {
-            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-            format!("environment variable {}", metadata.interpolate(&Profile::Default, &path))
+            format!(
+                "environment variable {env_prefix}{}",
+                key.replace('.', "__").to_uppercase()
+            )
         }
         _ => metadata.name.to_string(),
     }
 }
 
-fn describe_figment_error(error: &figment::Error, figment: &Figment) -> ConfigError {
+fn describe_figment_error(
+    error: &figment::Error,
+    figment: &Figment,
+    env_prefix: &str,
+) -> ConfigError {
     let key = error.path.join(".");
     let reason = describe_kind(&error.kind);
     // Syntax errors carry their own location and have no key.
@@ -358,7 +435,10 @@ fn describe_figment_error(error: &figment::Error, figment: &Figment) -> ConfigEr
         .metadata
         .as_ref()
         .or_else(|| figment.find_metadata(&key))
-        .map_or_else(|| "configuration".to_owned(), |metadata| describe_origin(metadata, &key));
+        .map_or_else(
+            || "configuration".to_owned(),
+            |metadata| describe_origin(metadata, &key, env_prefix),
+        );
     if key.is_empty() {
         ConfigError::new(format!("{origin}: {reason}"))
     } else {
@@ -382,14 +462,38 @@ fn describe_kind(kind: &figment::error::Kind) -> String {
     };
     match kind {
         Kind::Message(message) => message.clone(),
-        Kind::InvalidType(actual, expected) => format!("expected {expected}, found {}", type_of(actual)),
-        Kind::InvalidValue(actual, expected) => format!("invalid {}: expected {expected}", type_of(actual).trim_start_matches("a ").trim_start_matches("an ")),
-        Kind::InvalidLength(length, expected) => format!("has {length} elements, expected {expected}"),
+        Kind::InvalidType(actual, expected) => {
+            format!(
+                "expected {}, found {}",
+                describe_expected(expected),
+                type_of(actual)
+            )
+        }
+        Kind::InvalidValue(actual, expected) => format!(
+            "invalid {}: expected {expected}",
+            type_of(actual)
+                .trim_start_matches("a ")
+                .trim_start_matches("an ")
+        ),
+        Kind::InvalidLength(length, expected) => {
+            format!("has {length} elements, expected {expected}")
+        }
         Kind::UnknownVariant(_, expected) => format!("unknown value, expected {}", OneOf(expected)),
-        Kind::UnknownField(field, expected) => format!("unknown key `{field}` (known keys: {})", OneOf(expected)),
+        Kind::UnknownField(_, expected) => format!("unknown key (known here: {})", OneOf(expected)),
         Kind::MissingField(field) => format!("missing required key `{field}`"),
         Kind::DuplicateField(field) => format!("key `{field}` given twice"),
         other => other.to_string(),
+    }
+}
+
+/// Rust type names in serde's "expected" text, said as a configuration author would.
+fn describe_expected(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a non-negative integer".to_owned(),
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer".to_owned(),
+        "f32" | "f64" => "a number".to_owned(),
+        "a boolean" | "bool" => "true or false".to_owned(),
+        other => other.to_owned(),
     }
 }
 
@@ -415,18 +519,35 @@ mod tests {
             &self.log
         }
         fn problems(&self) -> Vec<Problem> {
-            if self.limit > 100 { vec![Problem::new("limit", "must be at most 100")] } else { Vec::new() }
+            if self.limit > 100 {
+                vec![Problem::new("limit", "must be at most 100")]
+            } else {
+                Vec::new()
+            }
         }
     }
 
-    const IDENTITY: DaemonIdentity =
-        DaemonIdentity { short_name: "unit-test", binary: "synos-unit-test", version: "0" };
+    const IDENTITY: DaemonIdentity = DaemonIdentity {
+        short_name: "unit-test",
+        binary: "synos-unit-test",
+        version: "0",
+    };
 
     fn directories(root: &Path) -> Directories {
-        Directories { config: root.join("etc"), state: root.join("state"), runtime: root.join("run") }
+        Directories {
+            config: root.join("etc"),
+            state: root.join("state"),
+            runtime: root.join("run"),
+        }
     }
 
-    fn load_file(text: &str, args: DaemonArgs) -> (tempfile::TempDir, Result<DaemonConfig<TestSettings>, ConfigError>) {
+    fn load_file(
+        text: &str,
+        args: DaemonArgs,
+    ) -> (
+        tempfile::TempDir,
+        Result<DaemonConfig<TestSettings>, ConfigError>,
+    ) {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("etc")).unwrap();
         std::fs::write(root.path().join("etc/unit-test.toml"), text).unwrap();
@@ -442,15 +563,25 @@ mod tests {
         assert_eq!(config.source, ConfigSource::BuiltInDefaults);
         assert_eq!(config.settings.server, ServerConfig::default());
         assert_eq!(config.socket_path(), root.path().join("run/unit-test.sock"));
-        assert_eq!(config.state_directory(), root.path().join("state/unit-test"));
+        assert_eq!(
+            config.state_directory(),
+            root.path().join("state/unit-test")
+        );
     }
 
     #[test]
     fn an_explicit_missing_file_is_an_error() {
         let root = tempfile::tempdir().unwrap();
-        let args = DaemonArgs { config: Some(root.path().join("nope.toml")), ..DaemonArgs::default() };
-        let error = load_with::<TestSettings>(IDENTITY, &args, directories(root.path())).unwrap_err();
-        assert!(error.to_string().contains("nope.toml: cannot read"), "{error}");
+        let args = DaemonArgs {
+            config: Some(root.path().join("nope.toml")),
+            ..DaemonArgs::default()
+        };
+        let error =
+            load_with::<TestSettings>(IDENTITY, &args, directories(root.path())).unwrap_err();
+        assert!(
+            error.to_string().contains("nope.toml: cannot read"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -481,8 +612,14 @@ mod tests {
     fn bad_value_names_key_without_echoing_it() {
         let (_root, result) = load_file("api_key = 12345678\n", DaemonArgs::default());
         let message = result.unwrap_err().to_string();
-        assert!(message.contains("unit-test.toml: key `api_key`"), "{message}");
-        assert!(message.contains("expected a string, found an integer"), "{message}");
+        assert!(
+            message.contains("unit-test.toml: key `api_key`"),
+            "{message}"
+        );
+        assert!(
+            message.contains("expected a string, found an integer"),
+            "{message}"
+        );
         assert!(!message.contains("12345678"), "value echoed: {message}");
     }
 
@@ -490,25 +627,40 @@ mod tests {
     fn syntax_error_names_file_and_line() {
         let (_root, result) = load_file("limit = = 3\n", DaemonArgs::default());
         let message = result.unwrap_err().to_string();
-        assert!(message.contains("unit-test.toml") && message.contains("line 1"), "{message}");
+        assert!(
+            message.contains("unit-test.toml") && message.contains("line 1"),
+            "{message}"
+        );
     }
 
     #[test]
     fn validation_problems_name_their_source() {
         let (_root, result) = load_file("limit = 101\n", DaemonArgs::default());
         let message = result.unwrap_err().to_string();
-        assert!(message.ends_with("unit-test.toml: key `limit`: must be at most 100"), "{message}");
+        assert!(
+            message.ends_with("unit-test.toml: key `limit`: must be at most 100"),
+            "{message}"
+        );
 
-        let args = DaemonArgs { overrides: vec![("server.tcp_listen".into(), "10.1.2.3:80".into())], ..DaemonArgs::default() };
+        let args = DaemonArgs {
+            overrides: vec![("server.tcp_listen".into(), "10.1.2.3:80".into())],
+            ..DaemonArgs::default()
+        };
         let (_root, result) = load_file("", args);
         let message = result.unwrap_err().to_string();
-        assert!(message.starts_with("command line: key `server.tcp_listen`: must be a loopback"), "{message}");
+        assert!(
+            message.starts_with("command line: key `server.tcp_listen`: must be a loopback"),
+            "{message}"
+        );
     }
 
     #[test]
     fn malformed_override_is_rejected_by_the_parser() {
         assert!(parse_override("novalue").is_err());
         assert!(parse_override("=3").is_err());
-        assert_eq!(parse_override("a.b=c=d").unwrap(), ("a.b".into(), "c=d".into()));
+        assert_eq!(
+            parse_override("a.b=c=d").unwrap(),
+            ("a.b".into(), "c=d".into())
+        );
     }
 }

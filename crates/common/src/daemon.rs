@@ -56,7 +56,10 @@ where
         }
     };
     if args.check_config {
-        eprintln!("{}: configuration is valid ({})", identity.binary, config.source);
+        eprintln!(
+            "{}: configuration is valid ({})",
+            identity.binary, config.source
+        );
         return ExitCode::SUCCESS;
     }
     crate::telemetry::init(identity, &config.settings.log().filter);
@@ -75,7 +78,10 @@ where
     let result = runtime.block_on(async {
         if let Err(error) = spawn_signal_handlers::<S>(identity, args.clone(), shutdown.clone()) {
             tracing::error!(%error, "cannot install signal handlers");
-            return Err(DaemonError::Startup { message: error.to_string(), exit_code: exit::SOFTWARE });
+            return Err(DaemonError::Startup {
+                message: error.to_string(),
+                exit_code: exit::SOFTWARE,
+            });
         }
         run(config, shutdown).await
     });

@@ -61,7 +61,10 @@ pub struct ServiceError {
 impl ServiceError {
     /// An error of any kind.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// A malformed request; the message says which field and why.
@@ -78,7 +81,10 @@ impl ServiceError {
     /// not why, since the detail may hold paths or content it must not see.
     pub fn internal(what_failed: &str, detail: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "{what_failed}");
-        Self::new(ErrorKind::Internal, format!("internal error: {what_failed} (details in the daemon's log)"))
+        Self::new(
+            ErrorKind::Internal,
+            format!("internal error: {what_failed} (details in the daemon's log)"),
+        )
     }
 
     /// The kind, for callers that branch on it.
@@ -119,15 +125,24 @@ mod tests {
 
     #[test]
     fn status_carries_code_and_message() {
-        let status = Status::from(ServiceError::invalid_argument("principal: expected Type::\"id\""));
+        let status = Status::from(ServiceError::invalid_argument(
+            "principal: expected Type::\"id\"",
+        ));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "principal: expected Type::\"id\"");
     }
 
     #[test]
     fn internal_errors_hide_their_detail() {
-        let status = Status::from(ServiceError::internal("reading the store", &"/secret/path: EIO"));
+        let status = Status::from(ServiceError::internal(
+            "reading the store",
+            &"/secret/path: EIO",
+        ));
         assert_eq!(status.code(), Code::Internal);
-        assert!(!status.message().contains("/secret/path"), "{}", status.message());
+        assert!(
+            !status.message().contains("/secret/path"),
+            "{}",
+            status.message()
+        );
     }
 }

@@ -21,7 +21,10 @@ impl DaemonIdentity {
     /// Prefix of the environment variables that override configuration keys, e.g.
     /// `SYNOS_LLM_ROUTER_` (then `SERVER__TCP_LISTEN` for `server.tcp_listen`).
     pub fn env_prefix(&self) -> String {
-        format!("SYNOS_{}_", self.short_name.replace('-', "_").to_uppercase())
+        format!(
+            "SYNOS_{}_",
+            self.short_name.replace('-', "_").to_uppercase()
+        )
     }
 }
 
@@ -62,7 +65,7 @@ impl Directories {
 
     /// The socket a daemon serves on unless its configuration says otherwise.
     pub fn socket_path(&self, short_name: &str) -> PathBuf {
-        self.runtime.join(format!("{short_name}.sock"))
+        socket_path(&self.runtime, short_name)
     }
 
     /// The configuration file a daemon reads unless `--config` names another.
@@ -76,8 +79,18 @@ impl Directories {
     }
 }
 
+/// `<runtime directory>/<short name>.sock`, the contract's socket path.
+pub fn socket_path(runtime_directory: &Path, short_name: &str) -> PathBuf {
+    runtime_directory.join(format!("{short_name}.sock"))
+}
+
 /// Whether `path` is a Unix socket (not following symlinks).
 pub fn is_socket(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt as _;
     std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_socket())
+}
+
+/// `--version --verbose` text for every SynOS binary: workspace version and git revision.
+pub fn long_version() -> String {
+    format!("{} (git {GIT_REVISION})", env!("CARGO_PKG_VERSION"))
 }

@@ -106,23 +106,33 @@ pub struct ListenPlan {
 /// A Unix socket passed by systemd replaces binding the path; a TCP one replaces `plan.tcp`.
 pub fn acquire(plan: &ListenPlan) -> Result<Vec<Listener>, ListenError> {
     let mut listeners = inherited()?;
-    let has_unix = listeners.iter().any(|listener| matches!(listener, Listener::Unix { .. }));
-    let has_tcp = listeners.iter().any(|listener| matches!(listener, Listener::Tcp(_)));
+    let has_unix = listeners
+        .iter()
+        .any(|listener| matches!(listener, Listener::Unix { .. }));
+    let has_tcp = listeners
+        .iter()
+        .any(|listener| matches!(listener, Listener::Tcp(_)));
     if !has_unix {
         listeners.push(bind_unix(&plan.socket)?);
     }
     if let (Some(address), false) = (plan.tcp, has_tcp) {
-        let bind_error = |source| ListenError::Bind { address: address.to_string(), source };
+        let bind_error = |source| ListenError::Bind {
+            address: address.to_string(),
+            source,
+        };
         let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
-        listeners.push(Listener::Tcp(tokio::net::TcpListener::from_std(listener).map_err(bind_error)?));
+        listeners.push(Listener::Tcp(
+            tokio::net::TcpListener::from_std(listener).map_err(bind_error)?,
+        ));
     }
     Ok(listeners)
 }
 
 fn inherited() -> Result<Vec<Listener>, ListenError> {
-    let passed = sd_notify::listen_fds_with_names()
-        .map_err(|error| ListenError::Activation(format!("invalid LISTEN_* environment: {error}")))?;
+    let passed = sd_notify::listen_fds_with_names().map_err(|error| {
+        ListenError::Activation(format!("invalid LISTEN_* environment: {error}"))
+    })?;
     passed.map(|(fd, name)| adopt(fd, &name)).collect()
 }
 
@@ -130,10 +140,15 @@ fn adopt(fd: RawFd, name: &str) -> Result<Listener, ListenError> {
     let activation = |what: &str| ListenError::Activation(format!("fd {fd} ({name}): {what}"));
     // SAFETY: sd_notify validated LISTEN_PID and yields each fd of LISTEN_FDS exactly once;
     // systemd passed them to this process to own, and nothing else in the process uses them.
-    #[expect(unsafe_code, reason = "socket activation hands us raw file descriptors")]
+    #[expect(
+        unsafe_code,
+        reason = "socket activation hands us raw file descriptors"
+    )]
     let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let io_error = |error: io::Error| activation(&error.to_string());
-    if socket.r#type().map_err(io_error)? != socket2::Type::STREAM || !socket.is_listener().map_err(io_error)? {
+    if socket.r#type().map_err(io_error)? != socket2::Type::STREAM
+        || !socket.is_listener().map_err(io_error)?
+    {
         return Err(activation("not a listening stream socket"));
     }
     socket.set_nonblocking(true).map_err(io_error)?;
@@ -147,9 +162,14 @@ fn adopt(fd: RawFd, name: &str) -> Result<Listener, ListenError> {
             .and_then(|address| address.as_pathname().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from(format!("<fd {name}>")));
         let listener = tokio::net::UnixListener::from_std(listener).map_err(io_error)?;
-        Ok(Listener::Unix { listener, path, owned: None })
+        Ok(Listener::Unix {
+            listener,
+            path,
+            owned: None,
+        })
     } else if domain == socket2::Domain::IPV4 || domain == socket2::Domain::IPV6 {
-        let listener = tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd)).map_err(io_error)?;
+        let listener =
+            tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd)).map_err(io_error)?;
         Ok(Listener::Tcp(listener))
     } else {
         Err(activation("neither a Unix nor a TCP socket"))
@@ -157,8 +177,14 @@ fn adopt(fd: RawFd, name: &str) -> Result<Listener, ListenError> {
 }
 
 fn bind_unix(path: &Path) -> Result<Listener, ListenError> {
-    let bind_error = |source| ListenError::Bind { address: path.display().to_string(), source };
-    if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+    let bind_error = |source| ListenError::Bind {
+        address: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent).map_err(bind_error)?;
     }
     match std::fs::symlink_metadata(path) {
@@ -179,10 +205,18 @@ fn bind_unix(path: &Path) -> Result<Listener, ListenError> {
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
     restrict_access(path).map_err(bind_error)?;
     let metadata = std::fs::symlink_metadata(path).map_err(bind_error)?;
-    let owned = OwnedSocketPath { path: path.to_path_buf(), device: metadata.dev(), inode: metadata.ino() };
+    let owned = OwnedSocketPath {
+        path: path.to_path_buf(),
+        device: metadata.dev(),
+        inode: metadata.ino(),
+    };
     listener.set_nonblocking(true).map_err(bind_error)?;
     let listener = tokio::net::UnixListener::from_std(listener).map_err(bind_error)?;
-    Ok(Listener::Unix { listener, path: path.to_path_buf(), owned: Some(owned) })
+    Ok(Listener::Unix {
+        listener,
+        path: path.to_path_buf(),
+        owned: Some(owned),
+    })
 }
 
 /// Mode 0660, and group `synos` when running as root and the group exists, as the socket
@@ -202,7 +236,10 @@ mod tests {
     use super::*;
 
     fn plan(path: &Path) -> ListenPlan {
-        ListenPlan { socket: path.to_path_buf(), tcp: None }
+        ListenPlan {
+            socket: path.to_path_buf(),
+            tcp: None,
+        }
     }
 
     #[tokio::test]

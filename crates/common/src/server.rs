@@ -31,7 +31,10 @@ pub struct GrpcServer {
 
 impl std::fmt::Debug for GrpcServer {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("GrpcServer").field("service_names", &self.service_names).finish_non_exhaustive()
+        formatter
+            .debug_struct("GrpcServer")
+            .field("service_names", &self.service_names)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,7 +44,12 @@ impl GrpcServer {
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
-        Self { routes, health, service_names: Vec::new(), status }
+        Self {
+            routes,
+            health,
+            service_names: Vec::new(),
+            status,
+        }
     }
 
     /// The health reporter, to mark services NOT_SERVING while a dependency is down.
@@ -69,15 +77,34 @@ impl GrpcServer {
 
     /// Binds (or takes from systemd) the listeners, serves until `shutdown` is cancelled, then
     /// drains in-flight calls for at most `server.drain_timeout_ms`.
-    pub async fn serve<S: Settings>(self, config: &DaemonConfig<S>, shutdown: CancellationToken) -> Result<(), ListenError> {
+    pub async fn serve<S: Settings>(
+        self,
+        config: &DaemonConfig<S>,
+        shutdown: CancellationToken,
+    ) -> Result<(), ListenError> {
         let server_config = config.settings.server();
-        let plan = ListenPlan { socket: config.socket_path(), tcp: server_config.tcp_listen };
+        let plan = ListenPlan {
+            socket: config.socket_path(),
+            tcp: server_config.tcp_listen,
+        };
         let listeners = listener::acquire(&plan)?;
         let descriptions: Vec<String> = listeners.iter().map(Listener::describe).collect();
 
-        let Self { mut routes, health, service_names, status } = self;
-        let admin = AdminService::new(config.identity, config.source.to_string(), descriptions.clone(), status.clone());
-        routes.add_service(AdminServer::new(admin).max_decoding_message_size(server_config.max_message_bytes));
+        let Self {
+            mut routes,
+            health,
+            service_names,
+            status,
+        } = self;
+        let admin = AdminService::new(
+            config.identity,
+            config.source.to_string(),
+            descriptions.clone(),
+            status.clone(),
+        );
+        routes.add_service(
+            AdminServer::new(admin).max_decoding_message_size(server_config.max_message_bytes),
+        );
         // Both versions: grpcurl and older tools still ask v1alpha.
         let reflection = || {
             let mut builder = tonic_reflection::server::Builder::configure()
@@ -104,12 +131,18 @@ impl GrpcServer {
 
         let servers: Vec<_> = listeners
             .into_iter()
-            .map(|listener| tokio::spawn(serve_listener(listener, routes.clone(), shutdown.clone())))
+            .map(|listener| {
+                tokio::spawn(serve_listener(listener, routes.clone(), shutdown.clone()))
+            })
             .collect();
         for name in &service_names {
-            health.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+            health
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
         }
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         tracing::info!(listeners = ?descriptions, config = %config.source, "serving");
         systemd::spawn_watchdog(shutdown.clone());
         systemd::notify_ready(&status.get());
@@ -118,10 +151,15 @@ impl GrpcServer {
         systemd::notify_stopping();
         // Tell watchers first, so clients such as the doctor learn of the stop at once.
         for name in service_names.iter().copied().chain([""]) {
-            health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+            health
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
         }
         let drain = Duration::from_millis(server_config.drain_timeout_ms);
-        if tokio::time::timeout(drain, join_all(servers)).await.is_err() {
+        if tokio::time::timeout(drain, join_all(servers))
+            .await
+            .is_err()
+        {
             // Long-lived streams (health Watch) never end on their own; they are cut here.
             tracing::info!(?drain, "drain time over; closing the remaining connections");
         }
@@ -133,8 +171,12 @@ async fn serve_listener(listener: Listener, routes: Routes, shutdown: Cancellati
     let builder = Server::builder().add_routes(routes);
     let signal = shutdown.cancelled_owned();
     let result = match listener {
-        Listener::Unix { listener, owned, .. } => {
-            let result = builder.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal).await;
+        Listener::Unix {
+            listener, owned, ..
+        } => {
+            let result = builder
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+                .await;
             drop(owned);
             result
         }

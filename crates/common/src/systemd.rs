@@ -21,7 +21,10 @@ pub fn notify_ready(status: &str) {
 
 /// Tells systemd the daemon is draining and will exit.
 pub fn notify_stopping() {
-    notify(&[NotifyState::Stopping, NotifyState::Status("stopping: draining in-flight calls")]);
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: draining in-flight calls"),
+    ]);
 }
 
 /// Brackets a configuration reload (`ExecReload=` sends SIGHUP).
@@ -47,7 +50,10 @@ impl StatusLine {
     /// Replaces the summary and sends it to systemd as `STATUS=` when it changed.
     pub fn set(&self, line: impl Into<String>) {
         let line = line.into();
-        let mut current = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut current = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *current != line {
             notify(&[NotifyState::Status(&line)]);
             *current = line;
@@ -56,7 +62,10 @@ impl StatusLine {
 
     /// The current summary.
     pub fn get(&self) -> String {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

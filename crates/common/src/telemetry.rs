@@ -18,18 +18,28 @@ pub fn init(identity: DaemonIdentity, filter: &str) {
     if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(journald) => {
-                registry.with(journald.with_syslog_identifier(identity.binary.to_owned())).init();
+                registry
+                    .with(journald.with_syslog_identifier(identity.binary.to_owned()))
+                    .init();
                 return;
             }
             Err(error) => {
                 // Fall through to stderr, which systemd also forwards to the journal.
-                eprintln!("{}: journald unavailable ({error}); logging to stderr", identity.binary);
+                eprintln!(
+                    "{}: journald unavailable ({error}); logging to stderr",
+                    identity.binary
+                );
             }
         }
     }
     let use_colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     registry
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(use_colour).with_target(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(use_colour)
+                .with_target(false),
+        )
         .init();
 }
 
@@ -45,6 +55,8 @@ fn stderr_is_journal() -> bool {
     let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
         return false;
     };
-    device.parse::<u64>().is_ok_and(|device| device == stat.st_dev)
+    device
+        .parse::<u64>()
+        .is_ok_and(|device| device == stat.st_dev)
         && inode.parse::<u64>().is_ok_and(|inode| inode == stat.st_ino)
 }

@@ -1,1 +1,60 @@
-//! placeholder
+//! The memory daemon: owns the state directory where agent memories are stored and serves
+//! `synos.memory.v1.Memory`.
+
+mod service;
+
+use serde::Deserialize;
+use synos_common::config::{LogConfig, ServerConfig, Settings};
+use synos_common::systemd::StatusLine;
+use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdown};
+use synos_proto::memory::v1::memory_server::MemoryServer;
+
+/// The memory daemon's fixed names.
+pub const IDENTITY: DaemonIdentity = DaemonIdentity {
+    short_name: "memory",
+    binary: "synos-memory",
+    version: env!("CARGO_PKG_VERSION"),
+};
+
+/// `/etc/synos/memory.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listening and limits.
+    pub server: ServerConfig,
+    /// Log filter.
+    pub log: LogConfig,
+}
+
+impl Settings for Config {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
+/// Serves memory until `shutdown` is cancelled. A state directory that cannot be created is
+/// reported in health and `STATUS=`, not fatal: the daemon keeps answering what it can.
+pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(), DaemonError> {
+    let state_directory = config.state_directory();
+    let status = match std::fs::create_dir_all(&state_directory) {
+        Ok(()) => StatusLine::new(format!("serving; state in {}", state_directory.display())),
+        Err(error) => {
+            tracing::error!(path = %state_directory.display(), %error, "cannot create the state directory");
+            StatusLine::new(format!(
+                "DEGRADED: state directory {} unusable: {error}",
+                state_directory.display()
+            ))
+        }
+    };
+    let memory = MemoryServer::new(service::MemoryService::new(state_directory))
+        .max_decoding_message_size(config.settings.server.max_message_bytes);
+    GrpcServer::new(status)
+        .add_service(memory)
+        .serve(&config, shutdown)
+        .await?;
+    Ok(())
+}

@@ -43,7 +43,10 @@ fn run(check_only: bool) -> Result<bool, Box<dyn std::error::Error>> {
     let scratch = tempdir(&crate_dir)?;
 
     let descriptors = protox::compile(SCHEMAS, [&proto_root])?;
-    std::fs::write(scratch.join("descriptor_set.bin"), descriptors.encode_to_vec())?;
+    std::fs::write(
+        scratch.join("descriptor_set.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .out_dir(&scratch)
         .build_client(true)
@@ -93,6 +96,8 @@ fn differing_files(fresh: &Path, existing: &Path) -> std::io::Result<Vec<String>
     }
     Ok(names
         .into_iter()
-        .filter(|name| std::fs::read(fresh.join(name)).ok() != std::fs::read(existing.join(name)).ok())
+        .filter(|name| {
+            std::fs::read(fresh.join(name)).ok() != std::fs::read(existing.join(name)).ok()
+        })
         .collect())
 }

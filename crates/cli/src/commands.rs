@@ -1,0 +1,412 @@
+//! What each `synosctl` subcommand asks which daemon, and how it shows the answer.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::json;
+use synos_common::client;
+use synos_common::exit;
+use synos_common::identity::{ALL_DAEMONS, socket_path};
+use synos_proto::admin::v1::GetInfoRequest;
+use synos_proto::admin::v1::admin_client::AdminClient;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::Cli;
+use crate::output::{bytes, emit, emit_json, table, uptime};
+
+/// A failed command: one line for stderr and the exit status.
+#[derive(Debug)]
+pub(crate) struct CliError {
+    message: String,
+    pub(crate) exit_code: u8,
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.message)
+    }
+}
+
+type CommandResult = Result<u8, CliError>;
+
+/// Connects to one daemon; failure is "synos-<name>: <why>" with exit status 69.
+async fn connect(cli: &Cli, short_name: &str, binary: &str) -> Result<Channel, CliError> {
+    client::connect(&socket_path(&cli.runtime_dir, short_name), cli.timeout)
+        .await
+        .map_err(|error| CliError {
+            message: format!("{binary}: {error}"),
+            exit_code: exit::UNAVAILABLE,
+        })
+}
+
+/// A failed call: "synos-<name>: invalid argument: <message>".
+fn call_failed(binary: &str, status: &tonic::Status) -> CliError {
+    let code = format!("{:?}", status.code());
+    let mut words = String::new();
+    for character in code.chars() {
+        if character.is_uppercase() && !words.is_empty() {
+            words.push(' ');
+        }
+        words.push(character.to_ascii_lowercase());
+    }
+    CliError {
+        message: format!("{binary}: {words}: {}", status.message()),
+        exit_code: exit::FAILURE,
+    }
+}
+
+fn duration_from(duration: Option<prost_types::Duration>) -> Option<Duration> {
+    duration.and_then(|duration| Duration::try_from(duration).ok())
+}
+
+/// What `status` learned about one daemon.
+struct DaemonStatus {
+    binary: &'static str,
+    socket: String,
+    health: &'static str,
+    version: String,
+    git_revision: String,
+    uptime: Option<Duration>,
+    pid: Option<u32>,
+    state: String,
+    error: Option<String>,
+}
+
+async fn probe(cli: &Cli, short_name: &'static str, binary: &'static str) -> DaemonStatus {
+    let socket = socket_path(&cli.runtime_dir, short_name);
+    let mut status = DaemonStatus {
+        binary,
+        socket: socket.display().to_string(),
+        health: "UNREACHABLE",
+        version: String::new(),
+        git_revision: String::new(),
+        uptime: None,
+        pid: None,
+        state: String::new(),
+        error: None,
+    };
+    let channel = match client::connect(&socket, cli.timeout).await {
+        Ok(channel) => channel,
+        Err(error) => {
+            status.health = match error {
+                client::ConnectError::NoSocket(_) | client::ConnectError::Refused(_) => {
+                    "NOT_RUNNING"
+                }
+                client::ConnectError::PermissionDenied(_) => "PERMISSION_DENIED",
+                _ => "UNREACHABLE",
+            };
+            status.error = Some(error.to_string());
+            return status;
+        }
+    };
+    match client::health_status(channel.clone(), "", cli.timeout).await {
+        Ok(serving) => {
+            status.health = match serving {
+                ServingStatus::Serving => "SERVING",
+                ServingStatus::NotServing => "NOT_SERVING",
+                ServingStatus::ServiceUnknown => "SERVICE_UNKNOWN",
+                ServingStatus::Unknown => "UNKNOWN",
+            };
+            if serving != ServingStatus::Serving {
+                status.error = Some(format!("health check says {}", status.health));
+            }
+        }
+        Err(error) => status.error = Some(format!("health check failed: {}", error.message())),
+    }
+    let mut admin = AdminClient::new(channel);
+    if let Ok(Ok(info)) = tokio::time::timeout(cli.timeout, admin.get_info(GetInfoRequest {})).await
+    {
+        let info = info.into_inner();
+        status.version = info.version;
+        status.git_revision = info.git_revision;
+        status.uptime = duration_from(info.uptime);
+        status.pid = Some(info.pid);
+        status.state = info.state_summary;
+    }
+    status
+}
+
+/// `synosctl status`: all daemons at once; exit 0 only when every one is SERVING.
+pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
+    let statuses: Vec<DaemonStatus> = join_all(
+        ALL_DAEMONS
+            .iter()
+            .map(|(short_name, binary)| probe(cli, short_name, binary)),
+    )
+    .await;
+    let all_serving = statuses.iter().all(|status| status.health == "SERVING");
+    if as_json {
+        let daemons: Vec<_> = statuses
+            .iter()
+            .map(|status| {
+                json!({
+                    "daemon": status.binary,
+                    "health": status.health,
+                    "version": status.version,
+                    "git_revision": status.git_revision,
+                    "uptime_seconds": status.uptime.map(|uptime| uptime.as_secs_f64()),
+                    "pid": status.pid,
+                    "socket": status.socket,
+                    "state": status.state,
+                    "error": status.error,
+                })
+            })
+            .collect();
+        emit_json(&json!({ "all_serving": all_serving, "daemons": daemons }));
+    } else {
+        let mut rows = vec![
+            ["DAEMON", "HEALTH", "VERSION", "UPTIME", "SOCKET"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        for status in &statuses {
+            let dash = || "-".to_owned();
+            rows.push(vec![
+                status.binary.to_owned(),
+                status.health.to_owned(),
+                if status.version.is_empty() {
+                    dash()
+                } else {
+                    status.version.clone()
+                },
+                status.uptime.map_or_else(dash, uptime),
+                status.socket.clone(),
+            ]);
+        }
+        emit(&table(&rows));
+    }
+    for status in &statuses {
+        if let Some(error) = &status.error {
+            eprintln!("{}: {error}", status.binary);
+        }
+    }
+    Ok(if all_serving { exit::OK } else { exit::FAILURE })
+}
+
+/// `synosctl llm providers`.
+pub(crate) async fn llm_providers(cli: &Cli, as_json: bool) -> CommandResult {
+    use synos_proto::llm::v1::{ListProvidersRequest, ProviderState, router_client::RouterClient};
+    const BINARY: &str = "synos-llm-router";
+    let mut router = RouterClient::new(connect(cli, "llm-router", BINARY).await?);
+    let reply = router
+        .list_providers(ListProvidersRequest {})
+        .await
+        .map_err(|status| call_failed(BINARY, &status))?
+        .into_inner();
+    let state_name = |state: i32| {
+        ProviderState::try_from(state)
+            .map_or("UNKNOWN", |state| {
+                state.as_str_name().trim_start_matches("PROVIDER_STATE_")
+            })
+            .to_owned()
+    };
+    if as_json {
+        let providers: Vec<_> = reply
+            .providers
+            .iter()
+            .map(|provider| {
+                json!({
+                    "name": provider.name, "kind": provider.kind,
+                    "base_url": provider.base_url, "state": state_name(provider.state),
+                })
+            })
+            .collect();
+        emit_json(&json!({ "providers": providers }));
+    } else if reply.providers.is_empty() {
+        emit("no providers configured (see /etc/synos/llm-router.toml)");
+    } else {
+        let mut rows = vec![
+            ["NAME", "KIND", "STATE", "BASE URL"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
+        for provider in &reply.providers {
+            rows.push(vec![
+                provider.name.clone(),
+                provider.kind.clone(),
+                state_name(provider.state),
+                provider.base_url.clone(),
+            ]);
+        }
+        emit(&table(&rows));
+    }
+    Ok(exit::OK)
+}
+
+/// `synosctl memory stats`.
+pub(crate) async fn memory_stats(cli: &Cli, as_json: bool) -> CommandResult {
+    use synos_proto::memory::v1::{StatsRequest, memory_client::MemoryClient};
+    const BINARY: &str = "synos-memory";
+    let mut memory = MemoryClient::new(connect(cli, "memory", BINARY).await?);
+    let stats = memory
+        .stats(StatsRequest {})
+        .await
+        .map_err(|status| call_failed(BINARY, &status))?
+        .into_inner();
+    if as_json {
+        emit_json(&json!({
+            "state_directory": stats.state_directory,
+            "state_directory_writable": stats.state_directory_writable,
+            "filesystem_total_bytes": stats.filesystem_total_bytes,
+            "filesystem_available_bytes": stats.filesystem_available_bytes,
+        }));
+    } else {
+        emit(&format!(
+            "state directory: {} ({})\nfilesystem:      {} free of {}",
+            stats.state_directory,
+            if stats.state_directory_writable {
+                "writable"
+            } else {
+                "NOT WRITABLE"
+            },
+            bytes(stats.filesystem_available_bytes),
+            bytes(stats.filesystem_total_bytes),
+        ));
+    }
+    Ok(exit::OK)
+}
+
+/// `synosctl hw info`.
+pub(crate) async fn hw_info(cli: &Cli, as_json: bool) -> CommandResult {
+    use synos_proto::hwaccel::v1::{GetSystemInfoRequest, hardware_client::HardwareClient};
+    const BINARY: &str = "synos-hwaccel";
+    let mut hardware = HardwareClient::new(connect(cli, "hwaccel", BINARY).await?);
+    let info = hardware
+        .get_system_info(GetSystemInfoRequest {})
+        .await
+        .map_err(|status| call_failed(BINARY, &status))?
+        .into_inner();
+    let platform = info.platform.unwrap_or_default();
+    let cpu = info.cpu.unwrap_or_default();
+    let memory = info.memory.unwrap_or_default();
+    if as_json {
+        emit_json(&json!({
+            "platform": {
+                "hostname": platform.hostname, "os_name": platform.os_name,
+                "kernel_version": platform.kernel_version, "architecture": platform.architecture,
+            },
+            "cpu": { "model": cpu.model, "logical_cores": cpu.logical_cores, "physical_cores": cpu.physical_cores },
+            "memory": {
+                "total_bytes": memory.total_bytes, "available_bytes": memory.available_bytes,
+                "swap_total_bytes": memory.swap_total_bytes, "swap_free_bytes": memory.swap_free_bytes,
+            },
+        }));
+    } else {
+        let physical = cpu
+            .physical_cores
+            .map_or_else(String::new, |cores| format!(", {cores} physical"));
+        emit(&format!(
+            "host:    {} ({}, kernel {}, {})\ncpu:     {} ({} logical{physical})\nmemory:  {} available of {}\nswap:    {} free of {}",
+            platform.hostname,
+            platform.os_name,
+            platform.kernel_version,
+            platform.architecture,
+            cpu.model,
+            cpu.logical_cores,
+            bytes(memory.available_bytes),
+            bytes(memory.total_bytes),
+            bytes(memory.swap_free_bytes),
+            bytes(memory.swap_total_bytes),
+        ));
+    }
+    Ok(exit::OK)
+}
+
+/// `synosctl policy check`: exit 0 when allowed, 1 when denied.
+pub(crate) async fn policy_check(
+    cli: &Cli,
+    principal: &str,
+    action: &str,
+    resource: &str,
+    as_json: bool,
+) -> CommandResult {
+    use synos_proto::policy::v1::{AuthorizeRequest, Decision, policy_client::PolicyClient};
+    const BINARY: &str = "synos-policy";
+    let mut policy = PolicyClient::new(connect(cli, "policy", BINARY).await?);
+    let request = AuthorizeRequest {
+        principal: principal.to_owned(),
+        action: action.to_owned(),
+        resource: resource.to_owned(),
+    };
+    let reply = policy
+        .authorize(request)
+        .await
+        .map_err(|status| call_failed(BINARY, &status))?
+        .into_inner();
+    let allowed = reply.decision() == Decision::Allow;
+    if as_json {
+        emit_json(&json!({
+            "decision": if allowed { "allow" } else { "deny" },
+            "determining_policies": reply.determining_policies,
+            "errors": reply.errors,
+        }));
+    } else if reply.determining_policies.is_empty() {
+        emit(if allowed {
+            "allow"
+        } else {
+            "deny (no policy permits this)"
+        });
+    } else {
+        let decision = if allowed { "allow" } else { "deny" };
+        emit(&format!(
+            "{decision} (by {})",
+            reply.determining_policies.join(", ")
+        ));
+    }
+    Ok(if allowed { exit::OK } else { exit::FAILURE })
+}
+
+/// `synosctl doctor report`: exit 0 when everything the doctor watches is serving.
+pub(crate) async fn doctor_report(cli: &Cli, as_json: bool) -> CommandResult {
+    use synos_proto::doctor::v1::{
+        DaemonHealth, GetReportRequest, OverallState, doctor_client::DoctorClient,
+    };
+    const BINARY: &str = "synos-doctor";
+    let mut doctor = DoctorClient::new(connect(cli, "doctor", BINARY).await?);
+    let report = doctor
+        .get_report(GetReportRequest {})
+        .await
+        .map_err(|status| call_failed(BINARY, &status))?
+        .into_inner();
+    let state = match report.state() {
+        OverallState::Ok => "ok",
+        OverallState::Degraded => "degraded",
+        OverallState::Unspecified => "unknown",
+    };
+    let health_name = |health: DaemonHealth| {
+        health
+            .as_str_name()
+            .trim_start_matches("DAEMON_HEALTH_")
+            .to_owned()
+    };
+    if as_json {
+        let daemons: Vec<_> = report
+            .daemons
+            .iter()
+            .map(|daemon| {
+                json!({
+                    "daemon": daemon.name, "socket": daemon.socket,
+                    "health": health_name(daemon.health()), "detail": daemon.detail,
+                })
+            })
+            .collect();
+        emit_json(&json!({ "state": state, "daemons": daemons }));
+    } else {
+        let mut rows = vec![["DAEMON", "HEALTH", "DETAIL"].map(str::to_owned).to_vec()];
+        for daemon in &report.daemons {
+            rows.push(vec![
+                daemon.name.clone(),
+                health_name(daemon.health()),
+                daemon.detail.clone(),
+            ]);
+        }
+        emit(&format!("state: {state}\n{}", table(&rows)));
+    }
+    Ok(if report.state() == OverallState::Ok {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
+}

@@ -1,0 +1,109 @@
+//! Writing results for people (aligned tables, human units) and scripts (JSON).
+
+use std::io::Write as _;
+use std::time::Duration;
+
+/// Writes `text` and a newline to stdout. A closed pipe (`synosctl status | head -1`) ends the
+/// process quietly instead of panicking, as other Unix tools do.
+pub(crate) fn emit(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{text}")
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        std::process::exit(0);
+    }
+}
+
+/// Pretty-printed JSON on stdout.
+pub(crate) fn emit_json(value: &serde_json::Value) {
+    emit(&serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+}
+
+/// Rows padded into columns; the first row is the header.
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|column| {
+            rows.iter()
+                .filter_map(|row| row.get(column))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(column, cell)| {
+                    if column + 1 == row.len() {
+                        cell.clone()
+                    } else {
+                        format!("{cell:<width$}", width = widths[column])
+                    }
+                })
+                .collect();
+            cells.join("  ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// "45s", "3m 12s", "5h 2m", "2d 4h".
+pub(crate) fn uptime(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m {}s", seconds / 60, seconds % 60),
+        3600..86400 => format!("{}h {}m", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{}d {}h", seconds / 86400, seconds % 86400 / 3600),
+    }
+}
+
+/// Binary units with one decimal, e.g. "23.4 GiB".
+pub(crate) fn bytes(count: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[expect(clippy::cast_precision_loss, reason = "a rounded figure for people")]
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{count} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptimes_read_naturally() {
+        assert_eq!(uptime(Duration::from_secs(0)), "0s");
+        assert_eq!(uptime(Duration::from_secs(192)), "3m 12s");
+        assert_eq!(uptime(Duration::from_secs(5 * 3600 + 120)), "5h 2m");
+        assert_eq!(uptime(Duration::from_secs(2 * 86400 + 4 * 3600)), "2d 4h");
+    }
+
+    #[test]
+    fn bytes_use_binary_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(25_125_000_000), "23.4 GiB");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let rows = vec![
+            vec!["A".into(), "BB".into(), "C".into()],
+            vec!["aaa".into(), "b".into(), "c".into()],
+        ];
+        assert_eq!(table(&rows), "A    BB  C\naaa  b   c");
+    }
+}

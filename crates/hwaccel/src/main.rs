@@ -1,0 +1,22 @@
+//! `synos-hwaccel`: parses arguments and runs the router daemon.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Knows the machine, picks the resource tier, leases accelerators.
+#[derive(Debug, Parser)]
+#[command(name = "synos-hwaccel", version, long_version = synos_common::identity::long_version())]
+struct Arguments {
+    #[command(flatten)]
+    daemon: synos_common::config::DaemonArgs,
+}
+
+fn main() -> ExitCode {
+    let arguments = Arguments::parse();
+    synos_common::daemon::main(
+        synos_hwaccel::IDENTITY,
+        &arguments.daemon,
+        synos_hwaccel::run,
+    )
+}
