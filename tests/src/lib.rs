@@ -1,1 +1,268 @@
-//! placeholder
+//! Harness for system tests: runs the real SynOS binaries in a private sandbox of directories
+//! and talks to them over their real sockets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::missing_panics_doc,
+    reason = "test harness: a failure should panic loudly"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use synos_common::client;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+pub use synos_common::identity::ALL_DAEMONS;
+
+/// How long a daemon may take to start serving before a test fails.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A built binary of this workspace, next to the test executable's `deps/` folder.
+pub fn binary(name: &str) -> PathBuf {
+    let test_executable = std::env::current_exe().unwrap();
+    let profile_directory = test_executable.parent().unwrap().parent().unwrap();
+    let path = profile_directory.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The binary name of a daemon's short name, e.g. "memory" → "synos-memory".
+pub fn binary_name(short_name: &str) -> &'static str {
+    ALL_DAEMONS
+        .iter()
+        .find(|(short, _)| *short == short_name)
+        .map(|(_, binary)| *binary)
+        .unwrap()
+}
+
+/// Private config, state and runtime directories, removed when dropped.
+#[derive(Debug)]
+pub struct Sandbox {
+    root: tempfile::TempDir,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    /// A fresh sandbox.
+    pub fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("synos-test-")
+            .tempdir()
+            .unwrap();
+        for directory in ["etc", "state", "run"] {
+            std::fs::create_dir(root.path().join(directory)).unwrap();
+        }
+        Self { root }
+    }
+
+    /// The sandbox's root folder.
+    pub fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// `SYNOS_RUNTIME_DIR`.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.path().join("run")
+    }
+
+    /// `SYNOS_CONFIG_DIR`.
+    pub fn config_dir(&self) -> PathBuf {
+        self.path().join("etc")
+    }
+
+    /// `SYNOS_STATE_DIR`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// The socket a daemon binds by default.
+    pub fn socket(&self, short_name: &str) -> PathBuf {
+        self.runtime_dir().join(format!("{short_name}.sock"))
+    }
+
+    /// Writes `/etc/synos/<short>.toml` of the sandbox.
+    pub fn write_config(&self, short_name: &str, text: &str) {
+        std::fs::write(self.config_dir().join(format!("{short_name}.toml")), text).unwrap();
+    }
+
+    /// A command for a workspace binary with the sandbox's directories and a clean environment:
+    /// nothing of an outer systemd (notify socket, passed fds, journal) leaks in.
+    pub fn command(&self, binary_name: &str) -> Command {
+        let mut command = Command::new(binary(binary_name));
+        command
+            .env("SYNOS_RUNTIME_DIR", self.runtime_dir())
+            .env("SYNOS_CONFIG_DIR", self.config_dir())
+            .env("SYNOS_STATE_DIR", self.state_dir())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        for variable in [
+            "NOTIFY_SOCKET",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "JOURNAL_STREAM",
+        ] {
+            command.env_remove(variable);
+        }
+        command
+    }
+
+    /// Starts a daemon on its default socket and waits until it is SERVING.
+    pub async fn start(&self, short_name: &str) -> Daemon {
+        let command = self.command(binary_name(short_name));
+        self.start_with(short_name, command, &self.socket(short_name))
+            .await
+    }
+
+    /// Starts `command` as the daemon `short_name` and waits until `socket` answers SERVING.
+    pub async fn start_with(&self, short_name: &str, command: Command, socket: &Path) -> Daemon {
+        let mut daemon = self.spawn(short_name, command);
+        daemon.wait_serving(socket).await;
+        daemon
+    }
+
+    /// Spawns `command` with stdout and stderr captured to a log file, without waiting.
+    pub fn spawn(&self, short_name: &str, mut command: Command) -> Daemon {
+        let log_path = self.path().join(format!("{short_name}-{}.log", unique()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        command.stdout(log.try_clone().unwrap()).stderr(log);
+        let child = command.spawn().unwrap();
+        Daemon {
+            child,
+            name: short_name.to_owned(),
+            log_path,
+        }
+    }
+
+    /// Starts all five daemons, keyed by short name.
+    pub async fn start_all(&self) -> std::collections::BTreeMap<&'static str, Daemon> {
+        let mut daemons = std::collections::BTreeMap::new();
+        for (short_name, _) in ALL_DAEMONS {
+            daemons.insert(short_name, self.start(short_name).await);
+        }
+        daemons
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A running daemon process; killed with SIGKILL when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Child,
+    name: String,
+    log_path: PathBuf,
+}
+
+impl Daemon {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: Signal) {
+        kill(
+            Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
+            signal,
+        )
+        .unwrap();
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until `socket` answers a health check with SERVING; panics with the log if the
+    /// process exits or the time runs out.
+    pub async fn wait_serving(&mut self, socket: &Path) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited ({status}) before serving; its log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            if health(socket).await == Some(ServingStatus::Serving) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not serving after {START_TIMEOUT:?}; log:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A gRPC channel to a socket.
+pub async fn channel(socket: &Path) -> Channel {
+    client::connect(socket, Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
+/// The overall health a socket reports, or `None` when nothing answers.
+pub async fn health(socket: &Path) -> Option<ServingStatus> {
+    let channel = client::connect(socket, Duration::from_secs(1)).await.ok()?;
+    client::health_status(channel, "", Duration::from_secs(1))
+        .await
+        .ok()
+}
+
+/// Runs a finished command and returns (exit code, stdout, stderr).
+pub fn output(command: &mut Command) -> (i32, String, String) {
+    let output = command.stdin(Stdio::null()).output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

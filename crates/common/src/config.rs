@@ -299,7 +299,7 @@ pub fn load_with<S: Settings>(
     }
     problems.extend(settings.problems());
     if let Some(problem) = problems.first() {
-        let origin = figment.find_metadata(&problem.key).map_or_else(
+        let origin = find_metadata(&figment, &problem.key).map_or_else(
             || "built-in defaults".to_owned(),
             |metadata| describe_origin(metadata, &problem.key, &env_prefix),
         );
@@ -406,6 +406,17 @@ impl Provider for CommandLine {
     }
 }
 
+/// The provider that set `key` or, for keys inside arrays, the nearest enclosing key.
+fn find_metadata<'figment>(figment: &'figment Figment, key: &str) -> Option<&'figment Metadata> {
+    let mut key = key;
+    loop {
+        if let Some(metadata) = figment.find_metadata(key) {
+            return Some(metadata);
+        }
+        key = &key[..key.rfind('.')?];
+    }
+}
+
 /// "/etc/synos/x.toml", "environment variable SYNOS_X_SERVER__Y", or "command line".
 fn describe_origin(metadata: &Metadata, key: &str, env_prefix: &str) -> String {
     match &metadata.source {
@@ -434,7 +445,7 @@ fn describe_figment_error(
     let origin = error
         .metadata
         .as_ref()
-        .or_else(|| figment.find_metadata(&key))
+        .or_else(|| find_metadata(figment, &key))
         .map_or_else(
             || "configuration".to_owned(),
             |metadata| describe_origin(metadata, &key, env_prefix),

@@ -93,9 +93,10 @@ impl GrpcServer {
         let Self {
             mut routes,
             health,
-            service_names,
+            mut service_names,
             status,
         } = self;
+        service_names.push(synos_proto::admin::v1::admin_server::SERVICE_NAME);
         let admin = AdminService::new(
             config.identity,
             config.source.to_string(),
@@ -106,18 +107,22 @@ impl GrpcServer {
             AdminServer::new(admin).max_decoding_message_size(server_config.max_message_bytes),
         );
         // Both versions: grpcurl and older tools still ask v1alpha.
-        let reflection = || {
+        // Each version lists itself: a v1 client sees v1, a v1alpha client sees v1alpha.
+        let reflection = |reflection_service: &str| {
             let mut builder = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(synos_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
-                .with_service_name(synos_proto::admin::v1::admin_server::SERVICE_NAME);
+                .with_service_name(reflection_service);
             for name in &service_names {
                 builder = builder.with_service_name(*name);
             }
             builder
         };
-        match (reflection().build_v1(), reflection().build_v1alpha()) {
+        match (
+            reflection("grpc.reflection.v1.ServerReflection").build_v1(),
+            reflection("grpc.reflection.v1alpha.ServerReflection").build_v1alpha(),
+        ) {
             (Ok(v1), Ok(v1alpha)) => {
                 routes.add_service(v1);
                 routes.add_service(v1alpha);

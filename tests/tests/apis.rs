@@ -1,0 +1,276 @@
+//! Each daemon's own first API, over its real socket, including hostile input.
+
+use nix::sys::signal::Signal;
+use synos_integration_tests::{Sandbox, channel};
+
+#[tokio::test]
+async fn router_lists_the_configured_providers_in_order() {
+    use synos_proto::llm::v1::router_client::RouterClient;
+    use synos_proto::llm::v1::{ListProvidersRequest, ProviderState};
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "llm-router",
+        r#"
+[[provider]]
+name = "lmstudio"
+kind = "openai"
+base_url = "http://127.0.0.1:1234/v1"
+
+[[provider]]
+name = "ollama"
+kind = "openai"
+base_url = "http://127.0.0.1:11434/v1"
+"#,
+    );
+    let _router = sandbox.start("llm-router").await;
+    let mut router = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    let providers = router
+        .list_providers(ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .providers;
+    let names: Vec<&str> = providers
+        .iter()
+        .map(|provider| provider.name.as_str())
+        .collect();
+    assert_eq!(names, ["lmstudio", "ollama"]);
+    assert_eq!(providers[1].base_url, "http://127.0.0.1:11434/v1");
+    assert_eq!(providers[0].kind, "openai");
+    assert_eq!(providers[0].state(), ProviderState::Available);
+}
+
+#[tokio::test]
+async fn router_rejects_duplicate_and_malformed_providers() {
+    let sandbox = Sandbox::new();
+    let provider = |name: &str, url: &str| {
+        format!("[[provider]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{url}\"\n")
+    };
+    let cases = [
+        (
+            provider("a", "http://x/v1") + &provider("a", "http://y/v1"),
+            "key `provider.1.name`: provider \"a\" is defined twice",
+        ),
+        (
+            provider("a", "ftp://x"),
+            "key `provider.0.base_url`: must be an http:// or https:// URL",
+        ),
+        (
+            provider("a", "http://x").replace("openai", "carrier-pigeon"),
+            "key `provider.0.kind`: unknown value",
+        ),
+    ];
+    for (text, expected) in cases {
+        sandbox.write_config("llm-router", &text);
+        let (code, _, stderr) = synos_integration_tests::output(
+            sandbox.command("synos-llm-router").arg("--check-config"),
+        );
+        assert_eq!(code, 78, "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn memory_reports_its_state_directory_and_free_space() {
+    use synos_proto::memory::v1::StatsRequest;
+    use synos_proto::memory::v1::memory_client::MemoryClient;
+    let sandbox = Sandbox::new();
+    let _memory = sandbox.start("memory").await;
+    let stats = MemoryClient::new(channel(&sandbox.socket("memory")).await)
+        .stats(StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let state_directory = sandbox.state_dir().join("memory");
+    assert_eq!(stats.state_directory, state_directory.display().to_string());
+    assert!(state_directory.is_dir(), "state directory not created");
+    assert!(stats.state_directory_writable);
+    let filesystem = nix::sys::statvfs::statvfs(&state_directory).unwrap();
+    assert_eq!(
+        stats.filesystem_total_bytes,
+        filesystem.blocks() * filesystem.fragment_size()
+    );
+    assert!(
+        stats.filesystem_available_bytes > 0
+            && stats.filesystem_available_bytes <= stats.filesystem_total_bytes
+    );
+}
+
+#[tokio::test]
+async fn memory_degrades_instead_of_dying_when_its_state_directory_is_unusable() {
+    use synos_proto::admin::v1::GetInfoRequest;
+    use synos_proto::admin::v1::admin_client::AdminClient;
+    use synos_proto::memory::v1::StatsRequest;
+    use synos_proto::memory::v1::memory_client::MemoryClient;
+    let sandbox = Sandbox::new();
+    // A file where the state root should be: the state directory cannot be created.
+    let blocked = sandbox.path().join("blocked");
+    std::fs::write(&blocked, "").unwrap();
+    let mut command = sandbox.command("synos-memory");
+    command.env("SYNOS_STATE_DIR", &blocked);
+    let _memory = sandbox
+        .start_with("memory", command, &sandbox.socket("memory"))
+        .await;
+    let info = AdminClient::new(channel(&sandbox.socket("memory")).await)
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        info.state_summary.starts_with("DEGRADED: state directory"),
+        "{}",
+        info.state_summary
+    );
+    let error = MemoryClient::new(channel(&sandbox.socket("memory")).await)
+        .stats(StatsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error}");
+}
+
+#[tokio::test]
+async fn hwaccel_agrees_with_the_kernel() {
+    use synos_proto::hwaccel::v1::GetSystemInfoRequest;
+    use synos_proto::hwaccel::v1::hardware_client::HardwareClient;
+    let sandbox = Sandbox::new();
+    let _hwaccel = sandbox.start("hwaccel").await;
+    let info = HardwareClient::new(channel(&sandbox.socket("hwaccel")).await)
+        .get_system_info(GetSystemInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let memory = info.memory.unwrap();
+    assert_eq!(memory.total_bytes, total_kib * 1024);
+    assert!(memory.available_bytes > 0 && memory.available_bytes <= memory.total_bytes);
+    let cpu = info.cpu.unwrap();
+    let online = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .filter(|line| line.starts_with("processor"))
+        .count();
+    assert_eq!(cpu.logical_cores as usize, online);
+    assert!(!cpu.model.is_empty());
+    let platform = info.platform.unwrap();
+    assert_eq!(
+        platform.kernel_version,
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap()
+            .trim()
+    );
+    assert_eq!(platform.architecture, std::env::consts::ARCH);
+}
+
+#[tokio::test]
+async fn policy_allows_what_built_in_policies_permit_and_denies_the_rest() {
+    use synos_proto::policy::v1::policy_client::PolicyClient;
+    use synos_proto::policy::v1::{AuthorizeRequest, Decision};
+    let sandbox = Sandbox::new();
+    let _policy = sandbox.start("policy").await;
+    let mut policy = PolicyClient::new(channel(&sandbox.socket("policy")).await);
+    let ask = |principal: &str, action: &str, resource: &str| AuthorizeRequest {
+        principal: principal.into(),
+        action: action.into(),
+        resource: resource.into(),
+    };
+
+    let allowed = policy
+        .authorize(ask("User::\"alice\"", "llm.chat", "Route::\"default\""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(allowed.decision(), Decision::Allow);
+    assert_eq!(allowed.determining_policies, ["users-chat-with-models"]);
+
+    let denied = policy
+        .authorize(ask("User::\"alice\"", "tool.exec:rm", "Tool::\"rm\""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied.decision(), Decision::Deny);
+    assert!(denied.determining_policies.is_empty());
+
+    for (request, field) in [
+        (ask("alice", "llm.chat", "Route::\"default\""), "principal"),
+        (
+            ask(
+                "User::\"alice\"",
+                "llm.chat\" || true",
+                "Route::\"default\"",
+            ),
+            "action",
+        ),
+        (ask("User::\"alice\"", "llm.chat", ""), "resource"),
+    ] {
+        let error = policy.authorize(request).await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(
+            error.message().starts_with(&format!("{field}: ")),
+            "{}",
+            error.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn doctor_reports_every_watched_daemon_and_notices_a_death() {
+    use synos_proto::doctor::v1::doctor_client::DoctorClient;
+    use synos_proto::doctor::v1::{DaemonHealth, GetReportRequest, OverallState};
+    let sandbox = Sandbox::new();
+    let daemons = sandbox.start_all().await;
+    let mut doctor = DoctorClient::new(channel(&sandbox.socket("doctor")).await);
+    let report = doctor
+        .get_report(GetReportRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.state(), OverallState::Ok);
+    let names: Vec<&str> = report
+        .daemons
+        .iter()
+        .map(|daemon| daemon.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "synos-llm-router",
+            "synos-memory",
+            "synos-hwaccel",
+            "synos-policy"
+        ]
+    );
+    assert!(
+        report
+            .daemons
+            .iter()
+            .all(|daemon| daemon.health() == DaemonHealth::Serving)
+    );
+
+    daemons["memory"].signal(Signal::SIGKILL);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let report = doctor
+        .get_report(GetReportRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.state(), OverallState::Degraded);
+    let memory_report = report
+        .daemons
+        .iter()
+        .find(|daemon| daemon.name == "synos-memory")
+        .unwrap();
+    assert_eq!(memory_report.health(), DaemonHealth::Unreachable);
+    assert!(
+        memory_report.detail.starts_with("not running"),
+        "{}",
+        memory_report.detail
+    );
+}
