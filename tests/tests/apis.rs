@@ -1,4 +1,8 @@
 //! Each daemon's own first API, over its real socket, including hostile input.
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests: a failure should panic with its location"
+)]
 
 use nix::sys::signal::Signal;
 use synos_integration_tests::{Sandbox, channel};

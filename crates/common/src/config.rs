@@ -122,6 +122,27 @@ pub trait Settings: DeserializeOwned + Default + Send + Sync + 'static {
     }
 }
 
+/// The settings of a daemon with no sections of its own: just `[server]` and `[log]`.
+/// A daemon that grows its own settings replaces this with its own type.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BasicSettings {
+    /// Listening and limits.
+    pub server: ServerConfig,
+    /// Log filter.
+    pub log: LogConfig,
+}
+
+impl Settings for BasicSettings {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
+}
+
 /// Where the configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {
@@ -242,7 +263,7 @@ pub fn load_with<S: Settings>(
         None => (directories.config_file(identity.short_name), false),
     };
     let source = match std::fs::metadata(&path) {
-        Ok(metadata) if metadata.is_file() => ConfigSource::File(path.clone()),
+        Ok(metadata) if metadata.is_file() => ConfigSource::File(path),
         Ok(_) => {
             return Err(ConfigError::new(format!(
                 "{}: not a regular file",
@@ -554,7 +575,7 @@ mod tests {
 
     fn load_file(
         text: &str,
-        args: DaemonArgs,
+        args: &DaemonArgs,
     ) -> (
         tempfile::TempDir,
         Result<DaemonConfig<TestSettings>, ConfigError>,
@@ -562,7 +583,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("etc")).unwrap();
         std::fs::write(root.path().join("etc/unit-test.toml"), text).unwrap();
-        let result = load_with(IDENTITY, &args, directories(root.path()));
+        let result = load_with(IDENTITY, args, directories(root.path()));
         (root, result)
     }
 
@@ -602,7 +623,7 @@ mod tests {
             socket: Some("/tmp/x.sock".into()),
             ..DaemonArgs::default()
         };
-        let (_root, result) = load_file("limit = 3\n[server]\nmax_message_bytes = 2048\n", args);
+        let (_root, result) = load_file("limit = 3\n[server]\nmax_message_bytes = 2048\n", &args);
         let config = result.unwrap();
         assert!(matches!(config.source, ConfigSource::File(_)));
         assert_eq!(config.settings.limit, 7);
@@ -612,7 +633,7 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_and_key() {
-        let (_root, result) = load_file("[server]\nsockett = \"/x\"\n", DaemonArgs::default());
+        let (_root, result) = load_file("[server]\nsockett = \"/x\"\n", &DaemonArgs::default());
         let message = result.unwrap_err().to_string();
         assert!(message.contains("unit-test.toml"), "{message}");
         assert!(message.contains("sockett"), "{message}");
@@ -621,7 +642,7 @@ mod tests {
 
     #[test]
     fn bad_value_names_key_without_echoing_it() {
-        let (_root, result) = load_file("api_key = 12345678\n", DaemonArgs::default());
+        let (_root, result) = load_file("api_key = 12345678\n", &DaemonArgs::default());
         let message = result.unwrap_err().to_string();
         assert!(
             message.contains("unit-test.toml: key `api_key`"),
@@ -636,7 +657,7 @@ mod tests {
 
     #[test]
     fn syntax_error_names_file_and_line() {
-        let (_root, result) = load_file("limit = = 3\n", DaemonArgs::default());
+        let (_root, result) = load_file("limit = = 3\n", &DaemonArgs::default());
         let message = result.unwrap_err().to_string();
         assert!(
             message.contains("unit-test.toml") && message.contains("line 1"),
@@ -646,7 +667,7 @@ mod tests {
 
     #[test]
     fn validation_problems_name_their_source() {
-        let (_root, result) = load_file("limit = 101\n", DaemonArgs::default());
+        let (_root, result) = load_file("limit = 101\n", &DaemonArgs::default());
         let message = result.unwrap_err().to_string();
         assert!(
             message.ends_with("unit-test.toml: key `limit`: must be at most 100"),
@@ -657,7 +678,7 @@ mod tests {
             overrides: vec![("server.tcp_listen".into(), "10.1.2.3:80".into())],
             ..DaemonArgs::default()
         };
-        let (_root, result) = load_file("", args);
+        let (_root, result) = load_file("", &args);
         let message = result.unwrap_err().to_string();
         assert!(
             message.starts_with("command line: key `server.tcp_listen`: must be a loopback"),

@@ -138,13 +138,14 @@ fn inherited() -> Result<Vec<Listener>, ListenError> {
 
 fn adopt(fd: RawFd, name: &str) -> Result<Listener, ListenError> {
     let activation = |what: &str| ListenError::Activation(format!("fd {fd} ({name}): {what}"));
-    // SAFETY: sd_notify validated LISTEN_PID and yields each fd of LISTEN_FDS exactly once;
-    // systemd passed them to this process to own, and nothing else in the process uses them.
     #[expect(
         unsafe_code,
         reason = "socket activation hands us raw file descriptors"
     )]
-    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: sd_notify validated LISTEN_PID and yields each fd of LISTEN_FDS exactly once;
+    // systemd passed them to this process to own, and nothing else in the process uses them.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = socket2::Socket::from(owned);
     let io_error = |error: io::Error| activation(&error.to_string());
     if socket.r#type().map_err(io_error)? != socket2::Type::STREAM
         || !socket.is_listener().map_err(io_error)?

@@ -2,8 +2,6 @@
 
 mod service;
 
-use serde::Deserialize;
-use synos_common::config::{LogConfig, ServerConfig, Settings};
 use synos_common::systemd::StatusLine;
 use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdown};
 use synos_proto::hwaccel::v1::hardware_server::HardwareServer;
@@ -15,25 +13,8 @@ pub const IDENTITY: DaemonIdentity = DaemonIdentity {
     version: env!("CARGO_PKG_VERSION"),
 };
 
-/// `/etc/synos/hwaccel.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Listening and limits.
-    pub server: ServerConfig,
-    /// Log filter.
-    pub log: LogConfig,
-}
-
-impl Settings for Config {
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+/// `/etc/synos/hwaccel.toml`: only the common `[server]` and `[log]` sections so far.
+pub type Config = synos_common::config::BasicSettings;
 
 /// Serves hardware facts until `shutdown` is cancelled.
 pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(), DaemonError> {

@@ -3,8 +3,6 @@
 
 mod service;
 
-use serde::Deserialize;
-use synos_common::config::{LogConfig, ServerConfig, Settings};
 use synos_common::systemd::StatusLine;
 use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdown};
 use synos_proto::memory::v1::memory_server::MemoryServer;
@@ -16,25 +14,8 @@ pub const IDENTITY: DaemonIdentity = DaemonIdentity {
     version: env!("CARGO_PKG_VERSION"),
 };
 
-/// `/etc/synos/memory.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Listening and limits.
-    pub server: ServerConfig,
-    /// Log filter.
-    pub log: LogConfig,
-}
-
-impl Settings for Config {
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+/// `/etc/synos/memory.toml`: only the common `[server]` and `[log]` sections so far.
+pub type Config = synos_common::config::BasicSettings;
 
 /// Serves memory until `shutdown` is cancelled. A state directory that cannot be created is
 /// reported in health and `STATUS=`, not fatal: the daemon keeps answering what it can.

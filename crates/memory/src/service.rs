@@ -26,6 +26,10 @@ impl Memory for MemoryService {
         _request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
         let directory = self.state_directory.clone();
+        #[allow(
+            clippy::useless_conversion,
+            reason = "fsblkcnt_t is 32 bits on some Debian architectures"
+        )]
         let stats = tokio::task::spawn_blocking(move || {
             let filesystem = nix::sys::statvfs::statvfs(&directory)?;
             let writable = nix::unistd::access(&directory, nix::unistd::AccessFlags::W_OK).is_ok();

@@ -4,8 +4,6 @@
 mod authorizer;
 mod service;
 
-use serde::Deserialize;
-use synos_common::config::{LogConfig, ServerConfig, Settings};
 use synos_common::systemd::StatusLine;
 use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdown};
 use synos_proto::policy::v1::policy_server::PolicyServer;
@@ -19,25 +17,8 @@ pub const IDENTITY: DaemonIdentity = DaemonIdentity {
     version: env!("CARGO_PKG_VERSION"),
 };
 
-/// `/etc/synos/policy.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Listening and limits.
-    pub server: ServerConfig,
-    /// Log filter.
-    pub log: LogConfig,
-}
-
-impl Settings for Config {
-    fn server(&self) -> &ServerConfig {
-        &self.server
-    }
-
-    fn log(&self) -> &LogConfig {
-        &self.log
-    }
-}
+/// `/etc/synos/policy.toml`: only the common `[server]` and `[log]` sections so far.
+pub type Config = synos_common::config::BasicSettings;
 
 /// Serves authorization until `shutdown` is cancelled.
 pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(), DaemonError> {

@@ -1,0 +1,16 @@
+# Shared by the scripts in this folder: strict mode, messages, and the build cache location.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+# Builds go to a cache outside the clone, so a fresh clone (CI's) reuses earlier builds.
+# An empty cache only costs time. Set CARGO_TARGET_DIR to choose another place.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/synos/target}"
+
+if [ -t 2 ]; then
+  say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+else
+  say() { printf '==> %s\n' "$*" >&2; }
+fi
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
