@@ -11,6 +11,8 @@ case "${1:-}" in
   *) die "usage: scripts/run-local.sh [--once]" ;;
 esac
 
+scripts/install-dependencies.sh
+
 say "building (release)"
 cargo build --release --locked --bins
 bin="$CARGO_TARGET_DIR/release"
