@@ -5,7 +5,7 @@
 )]
 
 use nix::sys::signal::Signal;
-use synos_integration_tests::{Sandbox, channel};
+use synos_integration_tests::{Sandbox, call_raw, channel};
 
 #[tokio::test]
 async fn router_lists_the_configured_providers_in_order() {
@@ -42,6 +42,17 @@ base_url = "http://127.0.0.1:11434/v1"
     assert_eq!(providers[1].base_url, "http://127.0.0.1:11434/v1");
     assert_eq!(providers[0].kind, "openai");
     assert_eq!(providers[0].state(), ProviderState::Available);
+
+    use synos_proto::admin::v1::{GetInfoRequest, admin_client::AdminClient};
+    let info = AdminClient::new(channel(&sandbox.socket("llm-router")).await)
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap();
+    let config_file = sandbox.config_dir().join("llm-router.toml");
+    assert_eq!(
+        info.into_inner().config_source,
+        config_file.display().to_string()
+    );
 }
 
 #[tokio::test]
@@ -276,5 +287,56 @@ async fn doctor_reports_every_watched_daemon_and_notices_a_death() {
         memory_report.detail.starts_with("not running"),
         "{}",
         memory_report.detail
+    );
+}
+
+#[tokio::test]
+async fn malformed_protobuf_gets_an_error_and_the_daemon_keeps_serving() {
+    use prost::Message as _;
+    use synos_proto::policy::v1::AuthorizeRequest;
+    let sandbox = Sandbox::new();
+    let _policy = sandbox.start("policy").await;
+    let socket = sandbox.socket("policy");
+    const AUTHORIZE: &str = "/synos.policy.v1.Policy/Authorize";
+
+    // Field 1 (principal, a string) holding bytes that are not UTF-8.
+    let invalid_utf8 = vec![0x0a, 0x02, 0xff, 0xfe];
+    // A length prefix promising more bytes than follow.
+    let truncated = vec![0x0a, 0x40, b'U'];
+    // A wire type that does not exist.
+    let bad_wire_type = vec![0x0f, 0x00];
+    for (name, body) in [
+        ("invalid UTF-8", invalid_utf8),
+        ("truncated", truncated),
+        ("bad wire type", bad_wire_type),
+    ] {
+        let error = call_raw(&socket, AUTHORIZE, body).await.expect_err(name);
+        // The gRPC status-code guide assigns request parse errors to INTERNAL.
+        assert_eq!(error.code(), tonic::Code::Internal, "{name}: {error}");
+        assert!(
+            error.message().contains("failed to decode"),
+            "{name}: {}",
+            error.message()
+        );
+    }
+
+    let unknown = call_raw(&socket, "/synos.policy.v1.Policy/NoSuchMethod", Vec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented);
+
+    let good = AuthorizeRequest {
+        principal: "User::\"a\"".into(),
+        action: "llm.chat".into(),
+        resource: "Route::\"r\"".into(),
+    };
+    let reply = call_raw(&socket, AUTHORIZE, good.encode_to_vec())
+        .await
+        .unwrap();
+    let reply = synos_proto::policy::v1::AuthorizeResponse::decode(reply.as_slice()).unwrap();
+    assert_eq!(
+        reply.decision(),
+        synos_proto::policy::v1::Decision::Allow,
+        "daemon broken by garbage"
     );
 }
