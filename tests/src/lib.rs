@@ -129,6 +129,14 @@ impl Sandbox {
             .await
     }
 
+    /// Starts a daemon on its default socket with extra arguments, e.g. `["--set", "k=v"]`.
+    pub async fn start_with_args(&self, short_name: &str, arguments: &[&str]) -> Daemon {
+        let mut command = self.command(binary_name(short_name));
+        command.args(arguments);
+        self.start_with(short_name, command, &self.socket(short_name))
+            .await
+    }
+
     /// Starts `command` as the daemon `short_name` and waits until `socket` answers SERVING.
     pub async fn start_with(&self, short_name: &str, command: Command, socket: &Path) -> Daemon {
         let mut daemon = self.spawn(short_name, command);
@@ -210,6 +218,11 @@ impl Daemon {
     /// Waits until `socket` answers a health check with SERVING; panics with the log if the
     /// process exits or the time runs out.
     pub async fn wait_serving(&mut self, socket: &Path) {
+        self.wait_health(socket, ServingStatus::Serving).await;
+    }
+
+    /// Waits until `socket` answers a health check with `expected`.
+    pub async fn wait_health(&mut self, socket: &Path, expected: ServingStatus) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -219,12 +232,12 @@ impl Daemon {
                     self.log()
                 );
             }
-            if health(socket).await == Some(ServingStatus::Serving) {
+            if health(socket).await == Some(expected) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} not serving after {START_TIMEOUT:?}; log:\n{}",
+                "{} not {expected:?} after {START_TIMEOUT:?}; log:\n{}",
                 self.name,
                 self.log()
             );

@@ -120,15 +120,32 @@ async fn memory_degrades_instead_of_dying_when_its_state_directory_is_unusable()
     use synos_proto::admin::v1::admin_client::AdminClient;
     use synos_proto::memory::v1::StatsRequest;
     use synos_proto::memory::v1::memory_client::MemoryClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
     let sandbox = Sandbox::new();
     // A file where the state root should be: the state directory cannot be created.
     let blocked = sandbox.path().join("blocked");
     std::fs::write(&blocked, "").unwrap();
     let mut command = sandbox.command("synos-memory");
     command.env("SYNOS_STATE_DIR", &blocked);
-    let _memory = sandbox
-        .start_with("memory", command, &sandbox.socket("memory"))
-        .await;
+    let mut memory = sandbox.spawn("memory", command);
+    let socket = sandbox.socket("memory");
+    // Serving what it can, and saying in health that the daemon as a whole is degraded.
+    memory.wait_health(&socket, ServingStatus::NotServing).await;
+    let mut health_client = HealthClient::new(channel(&socket).await);
+    for (service, expected) in [
+        ("synos.memory.v1.Memory", ServingStatus::NotServing),
+        ("synos.admin.v1.Admin", ServingStatus::Serving),
+    ] {
+        let reply = health_client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(reply.into_inner().status(), expected, "{service}");
+    }
     let info = AdminClient::new(channel(&sandbox.socket("memory")).await)
         .get_info(GetInfoRequest {})
         .await
@@ -144,6 +161,14 @@ async fn memory_degrades_instead_of_dying_when_its_state_directory_is_unusable()
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::FailedPrecondition, "{error}");
+
+    let (code, _, stderr) =
+        synos_integration_tests::output(sandbox.command("synosctl").arg("status"));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("synos-memory: not serving: DEGRADED: state directory"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -453,10 +453,8 @@ async fn oversized_requests_are_refused_and_the_daemon_survives() {
     use synos_proto::policy::v1::AuthorizeRequest;
     use synos_proto::policy::v1::policy_client::PolicyClient;
     let sandbox = Sandbox::new();
-    let mut command = sandbox.command("synos-policy");
-    command.args(["--set", "server.max_message_bytes=1024"]);
     let _daemon = sandbox
-        .start_with("policy", command, &sandbox.socket("policy"))
+        .start_with_args("policy", &["--set", "server.max_message_bytes=1024"])
         .await;
     let mut policy = PolicyClient::new(channel(&sandbox.socket("policy")).await);
     let huge = AuthorizeRequest {
@@ -481,10 +479,8 @@ async fn oversized_requests_are_refused_and_the_daemon_survives() {
 #[tokio::test]
 async fn loopback_tcp_listener_serves_the_same_services() {
     let sandbox = Sandbox::new();
-    let mut command = sandbox.command("synos-hwaccel");
-    command.args(["--set", "server.tcp_listen=\"127.0.0.1:0\""]);
     let _daemon = sandbox
-        .start_with("hwaccel", command, &sandbox.socket("hwaccel"))
+        .start_with_args("hwaccel", &["--set", "server.tcp_listen=\"127.0.0.1:0\""])
         .await;
     let info = AdminClient::new(channel(&sandbox.socket("hwaccel")).await)
         .get_info(GetInfoRequest {})

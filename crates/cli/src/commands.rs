@@ -125,6 +125,10 @@ async fn probe(cli: &Cli, short_name: &'static str, binary: &'static str) -> Dae
         status.pid = Some(info.pid);
         status.state = info.state_summary;
     }
+    // A daemon that is up but not serving says why in its state summary.
+    if status.health == "NOT_SERVING" && !status.state.is_empty() {
+        status.error = Some(format!("not serving: {}", status.state));
+    }
     status
 }
 

@@ -26,6 +26,7 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     health: HealthReporter,
     service_names: Vec<&'static str>,
+    not_serving: Vec<&'static str>,
     status: StatusLine,
 }
 
@@ -48,6 +49,7 @@ impl GrpcServer {
             routes,
             health,
             service_names: Vec::new(),
+            not_serving: Vec::new(),
             status,
         }
     }
@@ -75,6 +77,13 @@ impl GrpcServer {
         self
     }
 
+    /// Reports `service_name`, and so the daemon as a whole (""), NOT_SERVING from the start:
+    /// for a daemon that runs degraded. Flip it through [`Self::health`] when it recovers.
+    pub fn start_not_serving(mut self, service_name: &'static str) -> Self {
+        self.not_serving.push(service_name);
+        self
+    }
+
     /// Binds (or takes from systemd) the listeners, serves until `shutdown` is cancelled, then
     /// drains in-flight calls for at most `server.drain_timeout_ms`.
     pub async fn serve<S: Settings>(
@@ -94,6 +103,7 @@ impl GrpcServer {
             mut routes,
             health,
             mut service_names,
+            not_serving,
             status,
         } = self;
         service_names.push(synos_proto::admin::v1::admin_server::SERVICE_NAME);
@@ -140,13 +150,20 @@ impl GrpcServer {
                 tokio::spawn(serve_listener(listener, routes.clone(), shutdown.clone()))
             })
             .collect();
+        let initial_status = |serving: bool| {
+            if serving {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            }
+        };
         for name in &service_names {
             health
-                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .set_service_status(*name, initial_status(!not_serving.contains(name)))
                 .await;
         }
         health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .set_service_status("", initial_status(not_serving.is_empty()))
             .await;
         tracing::info!(listeners = ?descriptions, config = %config.source, "serving");
         systemd::spawn_watchdog(shutdown.clone());

@@ -21,21 +21,23 @@ pub type Config = synos_common::config::BasicSettings;
 /// reported in health and `STATUS=`, not fatal: the daemon keeps answering what it can.
 pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(), DaemonError> {
     let state_directory = config.state_directory();
-    let status = match std::fs::create_dir_all(&state_directory) {
-        Ok(()) => StatusLine::new(format!("serving; state in {}", state_directory.display())),
+    let usable = std::fs::create_dir_all(&state_directory);
+    let status = StatusLine::new(match &usable {
+        Ok(()) => format!("serving; state in {}", state_directory.display()),
         Err(error) => {
             tracing::error!(path = %state_directory.display(), %error, "cannot create the state directory");
-            StatusLine::new(format!(
+            format!(
                 "DEGRADED: state directory {} unusable: {error}",
                 state_directory.display()
-            ))
+            )
         }
-    };
+    });
     let memory = MemoryServer::new(service::MemoryService::new(state_directory))
         .max_decoding_message_size(config.settings.server.max_message_bytes);
-    GrpcServer::new(status)
-        .add_service(memory)
-        .serve(&config, shutdown)
-        .await?;
+    let mut server = GrpcServer::new(status).add_service(memory);
+    if usable.is_err() {
+        server = server.start_not_serving(synos_proto::memory::v1::memory_server::SERVICE_NAME);
+    }
+    server.serve(&config, shutdown).await?;
     Ok(())
 }
