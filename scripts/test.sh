@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, generated-code drift, unit and system tests.
+# The whole test suite: formatting, lints, generated-code drift, unit and system tests, then the
+# packages (lintian) and the packaging system test on a booted Debian (needs root; an
+# unprivileged developer can set SYNOS_SKIP_PACKAGING_TEST=1 and says so when reporting).
 source "$(dirname "$0")/lib.sh"
 
 scripts/install-dependencies.sh
@@ -18,3 +20,10 @@ cargo build --bins --locked
 
 say "cargo test"
 cargo test --workspace --locked
+
+if [ "${SYNOS_SKIP_PACKAGING_TEST:-}" = 1 ]; then
+  say "packaging system test SKIPPED (SYNOS_SKIP_PACKAGING_TEST=1)"
+  exit 0
+fi
+say "packages and the system test on a booted Debian"
+scripts/system-test.sh

@@ -550,3 +550,24 @@ async fn every_binary_reports_its_version_and_git_revision() {
         );
     }
 }
+
+#[test]
+fn shipped_default_configurations_are_valid() {
+    let sandbox = Sandbox::new();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config");
+    for (short_name, binary) in ALL_DAEMONS {
+        let file = shipped.join(format!("{short_name}.toml"));
+        let (code, _, stderr) = output(
+            sandbox
+                .command(binary)
+                .arg("--check-config")
+                .arg("--config")
+                .arg(&file),
+        );
+        assert_eq!(code, 0, "{}: {stderr}", file.display());
+        assert!(
+            stderr.contains(&format!("configuration is valid ({})", file.display())),
+            "{stderr}"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# The packaging system test: boots Debian bookworm with systemd as PID 1 in a container
+# (systemd-nspawn over a debootstrap tree, cached between runs), installs synos-ai from the
+# local repository built by scripts/build-debs.sh, and checks the system as its users see it:
+# services and sockets active, group-limited access, unit hardening scores, structured
+# journal lines, stop/start/restart/reload, restart after SIGKILL, and a purge that leaves
+# nothing behind. Needs root.
+source "$(dirname "$0")/lib.sh"
+
+[ "$(id -u)" -eq 0 ] || die "run as root: debootstrap and systemd-nspawn need it"
+DAEMONS=(llm-router memory hwaccel policy doctor)
+NO_NETWORK_DAEMONS=(memory hwaccel policy doctor)
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/synos-system-test.XXXXXX")"
+container_pid=""
+nspawn_pid=""
+cleanup() {
+  if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+    inside systemctl poweroff >/dev/null 2>&1 || kill "$nspawn_pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$nspawn_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+failures=0
+check() { # check DESCRIPTION COMMAND...: runs COMMAND, reports, counts failures
+  local description=$1
+  shift
+  if "$@" >"$work/check.out" 2>&1; then
+    printf '  ok    %s\n' "$description"
+  else
+    printf '  FAIL  %s\n' "$description"
+    sed 's/^/        /' "$work/check.out" | tail -n 20
+    failures=$((failures + 1))
+  fi
+}
+inside() { nsenter -t "$container_pid" -m -u -i -n -p -- "$@"; }
+started=$(date +%s)
+
+scripts/build-debs.sh "$work/dist"
+
+# The mirror the host's apt uses: the only one these machines reach.
+mirror="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+  grep -oE 'https?://[^ ]+/debian/?( |$)' | head -n 1 | tr -d ' ')" || true
+mirror="${mirror:-http://deb.debian.org/debian}"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/synos/bookworm-minbase.tar"
+if ! [ -s "$cache" ]; then
+  say "debootstrap bookworm from $mirror (cached in $cache)"
+  mkdir -p "$(dirname "$cache")" "$work/bootstrap"
+  debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates,passwd \
+    bookworm "$work/bootstrap" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+    { tail -n 20 "$work/debootstrap.log"; die "debootstrap failed"; }
+  tar -C "$work/bootstrap" -cf "$cache.partial" . && mv "$cache.partial" "$cache"
+  rm -rf "$work/bootstrap"
+fi
+root="$work/root"
+mkdir -p "$root"
+tar -C "$root" -xf "$cache"
+mkdir -p "$root/srv/synos"
+cp "$work"/dist/* "$root/srv/synos/"
+echo "deb [trusted=yes] file:/srv/synos ./" >"$root/etc/apt/sources.list.d/synos.list"
+echo "synos-test" >"$root/etc/hostname"
+
+descends_from() { # descends_from PID ANCESTOR
+  local pid=$1
+  while [ -n "$pid" ] && [ "$pid" -gt 1 ]; do
+    [ "$pid" = "$2" ] && return 0
+    pid="$(awk '/^PPid:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)"
+  done
+  return 1
+}
+
+say "booting the container"
+systemd-nspawn -D "$root" --boot --register=no --keep-unit -M "synos-test-$$" >"$work/console.log" 2>&1 &
+nspawn_pid=$!
+for _ in $(seq 200); do
+  for pid in $(pgrep -x systemd); do
+    if grep -qE '^NSpid:.*\s1$' "/proc/$pid/status" 2>/dev/null && descends_from "$pid" "$nspawn_pid"; then
+      container_pid=$pid
+    fi
+  done
+  [ -n "$container_pid" ] && break
+  sleep 0.1
+done
+[ -n "$container_pid" ] || { cat "$work/console.log"; die "the container's systemd did not start"; }
+for _ in $(seq 300); do
+  state="$(inside systemctl is-system-running 2>/dev/null || true)"
+  case "$state" in running | degraded) break ;; esac
+  sleep 0.2
+done
+say "container up ($state)"
+
+snapshot() { # every file and directory outside the virtual and volatile trees
+  inside find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
+    -o -path /var/log -o -path /var/cache -o -path /var/lib/apt -o -path /var/lib/dpkg \
+    -o -path /var/lib/systemd -o -path /srv/synos -o -path /etc/ld.so.cache \) -prune -o -print | sort
+}
+# Test users exist before the snapshot: useradd and userdel leave backup files of their own.
+inside useradd --create-home alice
+inside useradd --create-home bob
+snapshot >"$work/before.txt"
+getent_groups_before="$(inside getent group | cut -d: -f1 | sort)"
+
+say "apt install synos-ai"
+inside apt-get update -qq >/dev/null
+inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq synos-ai >"$work/install.log" 2>&1 ||
+  { tail -n 30 "$work/install.log"; die "apt-get install synos-ai failed"; }
+
+wait_active() { # wait_active UNIT: up to 10 s
+  for _ in $(seq 100); do inside systemctl is-active --quiet "$1" && return 0; sleep 0.1; done
+  inside systemctl status --no-pager "$1"
+  return 1
+}
+
+say "checks"
+for daemon in "${DAEMONS[@]}"; do
+  check "synos-$daemon ships /etc/synos/$daemon.toml as a conffile" \
+    bash -c "dpkg-deb --info '$work/dist/synos-${daemon}_'*.deb conffiles | grep -qx /etc/synos/$daemon.toml"
+done
+for daemon in "${DAEMONS[@]}"; do
+  check "synos-$daemon.socket active" wait_active "synos-$daemon.socket"
+  check "synos-$daemon.service active" wait_active "synos-$daemon.service"
+done
+check "no failed units" bash -c "[ -z \"\$(nsenter -t $container_pid -m -u -i -n -p -- systemctl list-units --failed --plain --no-legend)\" ]"
+
+inside usermod --append --groups synos alice
+status_as_alice() {
+  inside runuser -u alice -- synosctl status --json >"$work/status.json" &&
+    [ "$(grep -c '"health": "SERVING"' "$work/status.json")" -eq 5 ]
+}
+check "synosctl status as a member of synos: five SERVING" status_as_alice
+refused_for_bob() {
+  ! inside runuser -u bob -- synosctl status >/dev/null 2>"$work/bob.err" &&
+    grep -q "permission denied" "$work/bob.err" && cat "$work/bob.err"
+}
+check "synosctl status as a user outside synos is refused" refused_for_bob
+
+exposure() { # exposure UNIT → the numeric score
+  inside systemd-analyze security --no-pager "$1" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p'
+}
+for daemon in "${DAEMONS[@]}"; do
+  limit=2.0
+  [[ " ${NO_NETWORK_DAEMONS[*]} " == *" $daemon "* ]] && limit=1.0
+  score="$(exposure "synos-$daemon.service")"
+  check "synos-$daemon.service exposure $score < $limit" awk -v s="$score" -v l="$limit" 'BEGIN { exit !(s != "" && s < l) }'
+done
+
+structured_journal() {
+  inside journalctl -u synos-memory.service -o json --no-pager |
+    grep '"MESSAGE":"serving"' | grep -q '"SYSLOG_IDENTIFIER":"synos-memory"'
+}
+check "journal has structured startup lines" structured_journal
+
+main_pid() { inside systemctl show -P MainPID "synos-$1.service"; }
+restart_changes_pid() {
+  local before after
+  before="$(main_pid policy)"
+  inside systemctl restart synos-policy.service && wait_active synos-policy.service
+  after="$(main_pid policy)"
+  [ "$before" != "$after" ] && [ "$after" != 0 ]
+}
+check "systemctl restart gives a new process" restart_changes_pid
+reload_keeps_pid() {
+  local before
+  before="$(main_pid memory)"
+  inside systemctl reload synos-memory.service && wait_active synos-memory.service &&
+    [ "$(main_pid memory)" = "$before" ]
+}
+check "systemctl reload keeps the process" reload_keeps_pid
+stop_and_start() {
+  inside systemctl stop synos-hwaccel.service synos-hwaccel.socket &&
+    ! inside systemctl is-active --quiet synos-hwaccel.service &&
+    inside systemctl start synos-hwaccel.socket synos-hwaccel.service && wait_active synos-hwaccel.service
+}
+check "systemctl stop, then start" stop_and_start
+restarted_after_sigkill() {
+  local before after
+  before="$(main_pid doctor)"
+  inside sh -c "kill -9 $before"
+  for _ in $(seq 100); do
+    after="$(main_pid doctor)"
+    [ "$after" != 0 ] && [ "$after" != "$before" ] && inside systemctl is-active --quiet synos-doctor.service && return 0
+    sleep 0.1
+  done
+  return 1
+}
+check "a daemon killed with SIGKILL is restarted by systemd" restarted_after_sigkill
+upgrade_restarts() {
+  local before
+  before="$(main_pid memory)"
+  inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall synos-memory >/dev/null &&
+    wait_active synos-memory.service && [ "$(main_pid memory)" != "$before" ]
+}
+check "reinstalling (the upgrade path) restarts the daemon" upgrade_restarts
+check "synosctl status after all that: five SERVING" status_as_alice
+
+say "apt purge"
+inside env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq synos-ai synos-cli \
+  synos-llm-router synos-memory synos-hwaccel synos-policy synos-doctor >"$work/purge.log" 2>&1 ||
+  { tail -n 30 "$work/purge.log"; die "apt-get purge failed"; }
+snapshot >"$work/after.txt"
+check "purge leaves no files behind" diff "$work/before.txt" "$work/after.txt"
+check "purge leaves no groups behind" diff <(echo "$getent_groups_before") <(inside getent group | cut -d: -f1 | sort)
+check "purge leaves no units behind" bash -c "! nsenter -t $container_pid -m -u -i -n -p -- systemctl list-unit-files 'synos-*' --no-legend | grep -q ."
+
+say "system test finished in $(($(date +%s) - started)) s with $failures failures"
+[ "$failures" -eq 0 ]
