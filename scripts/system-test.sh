@@ -187,6 +187,33 @@ restarted_after_sigkill() {
   return 1
 }
 check "a daemon killed with SIGKILL is restarted by systemd" restarted_after_sigkill
+broken_config_is_refused_and_recovered() {
+  local state restarts
+  inside cp /etc/synos/policy.toml /tmp/policy.toml.good
+  inside sed -i '1i max_mesage_bytes = 1' /etc/synos/policy.toml
+  ! inside systemctl restart synos-policy.service || return 1
+  # Retries are bounded by StartLimitBurst=5 in 60 s; then systemd fails the socket unit
+  # (service-start-limit-hit) and the service rests, not restarting any more.
+  for _ in $(seq 150); do
+    inside systemctl is-failed --quiet synos-policy.socket synos-policy.service && break
+    sleep 0.1
+  done
+  state="$(inside systemctl show -P ActiveState synos-policy.socket synos-policy.service | tr '\n' ' ')"
+  restarts="$(inside systemctl show -P NRestarts synos-policy.service)"
+  sleep 2
+  echo "socket, service: $state; NRestarts=$restarts, 2 s later $(inside systemctl show -P NRestarts synos-policy.service)"
+  local reason_logged=false
+  inside journalctl -u synos-policy.service --no-pager | grep -q 'policy.toml: key `max_mesage_bytes`: unknown key' &&
+    reason_logged=true
+  echo "reason in the journal: $reason_logged"
+  inside cp /tmp/policy.toml.good /etc/synos/policy.toml
+  inside systemctl reset-failed synos-policy.socket synos-policy.service
+  inside systemctl start synos-policy.socket synos-policy.service && wait_active synos-policy.service || return 1
+  [[ "$state" == *failed* ]] && [ "$restarts" -le 5 ] &&
+    [ "$(inside systemctl show -P NRestarts synos-policy.service)" -le 5 ] && $reason_logged
+}
+check "a broken config edit fails the unit (bounded retries, key in the journal), a fixed one starts" \
+  broken_config_is_refused_and_recovered
 upgrade_restarts() {
   local before
   before="$(main_pid memory)"

@@ -36,11 +36,8 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// The binary name of a daemon's short name, e.g. "memory" → "synos-memory".
 pub fn binary_name(short_name: &str) -> &'static str {
-    ALL_DAEMONS
-        .iter()
-        .find(|(short, _)| *short == short_name)
-        .map(|(_, binary)| *binary)
-        .unwrap()
+    synos_common::identity::daemon_binary(short_name)
+        .unwrap_or_else(|| panic!("no SynOS daemon is called {short_name:?}"))
 }
 
 /// Private config, state and runtime directories, removed when dropped.

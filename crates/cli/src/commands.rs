@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use serde_json::json;
 use synos_common::client;
 use synos_common::exit;
-use synos_common::identity::{ALL_DAEMONS, socket_path};
+use synos_common::identity::{ALL_DAEMONS, daemon_binary, socket_path};
 use synos_proto::admin::v1::GetInfoRequest;
 use synos_proto::admin::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
@@ -31,29 +31,39 @@ impl fmt::Display for CliError {
 
 type CommandResult = Result<u8, CliError>;
 
-/// Connects to one daemon; failure is "synos-<name>: <why>" with exit status 69.
-async fn connect(cli: &Cli, short_name: &str, binary: &str) -> Result<Channel, CliError> {
-    client::connect(&socket_path(&cli.runtime_dir, short_name), cli.timeout)
+/// A daemon `synosctl` is talking to: the channel, and the name its errors are reported under.
+struct Connected {
+    binary: &'static str,
+    channel: Channel,
+}
+
+/// Connects to one daemon by short name; failure is "synos-<name>: <why>" with exit status 69.
+async fn connect(cli: &Cli, short_name: &str) -> Result<Connected, CliError> {
+    let binary = daemon_binary(short_name).unwrap_or("synos-unknown");
+    let channel = client::connect(&socket_path(&cli.runtime_dir, short_name), cli.timeout)
         .await
         .map_err(|error| CliError {
             message: format!("{binary}: {error}"),
             exit_code: exit::UNAVAILABLE,
-        })
+        })?;
+    Ok(Connected { binary, channel })
 }
 
-/// A failed call: "synos-<name>: invalid argument: <message>".
-fn call_failed(binary: &str, status: &tonic::Status) -> CliError {
-    let code = format!("{:?}", status.code());
-    let mut words = String::new();
-    for character in code.chars() {
-        if character.is_uppercase() && !words.is_empty() {
-            words.push(' ');
+impl Connected {
+    /// A failed call: "synos-<name>: invalid argument: <message>".
+    fn call_failed(&self, status: &tonic::Status) -> CliError {
+        let code = format!("{:?}", status.code());
+        let mut words = String::new();
+        for character in code.chars() {
+            if character.is_uppercase() && !words.is_empty() {
+                words.push(' ');
+            }
+            words.push(character.to_ascii_lowercase());
         }
-        words.push(character.to_ascii_lowercase());
-    }
-    CliError {
-        message: format!("{binary}: {words}: {}", status.message()),
-        exit_code: exit::FAILURE,
+        CliError {
+            message: format!("{}: {words}: {}", self.binary, status.message()),
+            exit_code: exit::FAILURE,
+        }
     }
 }
 
@@ -160,11 +170,8 @@ pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
             .collect();
         emit_json(&json!({ "all_serving": all_serving, "daemons": daemons }));
     } else {
-        let mut rows = vec![
-            ["DAEMON", "HEALTH", "VERSION", "UPTIME", "SOCKET"]
-                .map(str::to_owned)
-                .to_vec(),
-        ];
+        let mut rows = Vec::new();
+        let header = ["DAEMON", "HEALTH", "VERSION", "UPTIME", "SOCKET"];
         for status in &statuses {
             let dash = || "-".to_owned();
             rows.push(vec![
@@ -179,7 +186,7 @@ pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
                 status.socket.clone(),
             ]);
         }
-        emit(&table(&rows));
+        emit(&table(&header, &rows));
     }
     for status in &statuses {
         if let Some(error) = &status.error {
@@ -192,12 +199,12 @@ pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
 /// `synosctl llm providers`.
 pub(crate) async fn llm_providers(cli: &Cli, as_json: bool) -> CommandResult {
     use synos_proto::llm::v1::{ListProvidersRequest, ProviderState, router_client::RouterClient};
-    const BINARY: &str = "synos-llm-router";
-    let mut router = RouterClient::new(connect(cli, "llm-router", BINARY).await?);
+    let connection = connect(cli, "llm-router").await?;
+    let mut router = RouterClient::new(connection.channel.clone());
     let reply = router
         .list_providers(ListProvidersRequest {})
         .await
-        .map_err(|status| call_failed(BINARY, &status))?
+        .map_err(|status| connection.call_failed(&status))?
         .into_inner();
     let state_name = |state: i32| {
         ProviderState::try_from(state)
@@ -221,11 +228,8 @@ pub(crate) async fn llm_providers(cli: &Cli, as_json: bool) -> CommandResult {
     } else if reply.providers.is_empty() {
         emit("no providers configured (see /etc/synos/llm-router.toml)");
     } else {
-        let mut rows = vec![
-            ["NAME", "KIND", "STATE", "BASE URL"]
-                .map(str::to_owned)
-                .to_vec(),
-        ];
+        let mut rows = Vec::new();
+        let header = ["NAME", "KIND", "STATE", "BASE URL"];
         for provider in &reply.providers {
             rows.push(vec![
                 provider.name.clone(),
@@ -234,7 +238,7 @@ pub(crate) async fn llm_providers(cli: &Cli, as_json: bool) -> CommandResult {
                 provider.base_url.clone(),
             ]);
         }
-        emit(&table(&rows));
+        emit(&table(&header, &rows));
     }
     Ok(exit::OK)
 }
@@ -242,12 +246,12 @@ pub(crate) async fn llm_providers(cli: &Cli, as_json: bool) -> CommandResult {
 /// `synosctl memory stats`.
 pub(crate) async fn memory_stats(cli: &Cli, as_json: bool) -> CommandResult {
     use synos_proto::memory::v1::{StatsRequest, memory_client::MemoryClient};
-    const BINARY: &str = "synos-memory";
-    let mut memory = MemoryClient::new(connect(cli, "memory", BINARY).await?);
+    let connection = connect(cli, "memory").await?;
+    let mut memory = MemoryClient::new(connection.channel.clone());
     let stats = memory
         .stats(StatsRequest {})
         .await
-        .map_err(|status| call_failed(BINARY, &status))?
+        .map_err(|status| connection.call_failed(&status))?
         .into_inner();
     if as_json {
         emit_json(&json!({
@@ -275,12 +279,12 @@ pub(crate) async fn memory_stats(cli: &Cli, as_json: bool) -> CommandResult {
 /// `synosctl hw info`.
 pub(crate) async fn hw_info(cli: &Cli, as_json: bool) -> CommandResult {
     use synos_proto::hwaccel::v1::{GetSystemInfoRequest, hardware_client::HardwareClient};
-    const BINARY: &str = "synos-hwaccel";
-    let mut hardware = HardwareClient::new(connect(cli, "hwaccel", BINARY).await?);
+    let connection = connect(cli, "hwaccel").await?;
+    let mut hardware = HardwareClient::new(connection.channel.clone());
     let info = hardware
         .get_system_info(GetSystemInfoRequest {})
         .await
-        .map_err(|status| call_failed(BINARY, &status))?
+        .map_err(|status| connection.call_failed(&status))?
         .into_inner();
     let platform = info.platform.unwrap_or_default();
     let cpu = info.cpu.unwrap_or_default();
@@ -327,8 +331,8 @@ pub(crate) async fn policy_check(
     as_json: bool,
 ) -> CommandResult {
     use synos_proto::policy::v1::{AuthorizeRequest, Decision, policy_client::PolicyClient};
-    const BINARY: &str = "synos-policy";
-    let mut policy = PolicyClient::new(connect(cli, "policy", BINARY).await?);
+    let connection = connect(cli, "policy").await?;
+    let mut policy = PolicyClient::new(connection.channel.clone());
     let request = AuthorizeRequest {
         principal: principal.to_owned(),
         action: action.to_owned(),
@@ -337,7 +341,7 @@ pub(crate) async fn policy_check(
     let reply = policy
         .authorize(request)
         .await
-        .map_err(|status| call_failed(BINARY, &status))?
+        .map_err(|status| connection.call_failed(&status))?
         .into_inner();
     let allowed = reply.decision() == Decision::Allow;
     if as_json {
@@ -367,12 +371,12 @@ pub(crate) async fn doctor_report(cli: &Cli, as_json: bool) -> CommandResult {
     use synos_proto::doctor::v1::{
         DaemonHealth, GetReportRequest, OverallState, doctor_client::DoctorClient,
     };
-    const BINARY: &str = "synos-doctor";
-    let mut doctor = DoctorClient::new(connect(cli, "doctor", BINARY).await?);
+    let connection = connect(cli, "doctor").await?;
+    let mut doctor = DoctorClient::new(connection.channel.clone());
     let report = doctor
         .get_report(GetReportRequest {})
         .await
-        .map_err(|status| call_failed(BINARY, &status))?
+        .map_err(|status| connection.call_failed(&status))?
         .into_inner();
     let state = match report.state() {
         OverallState::Ok => "ok",
@@ -398,7 +402,8 @@ pub(crate) async fn doctor_report(cli: &Cli, as_json: bool) -> CommandResult {
             .collect();
         emit_json(&json!({ "state": state, "daemons": daemons }));
     } else {
-        let mut rows = vec![["DAEMON", "HEALTH", "DETAIL"].map(str::to_owned).to_vec()];
+        let mut rows = Vec::new();
+        let header = ["DAEMON", "HEALTH", "DETAIL"];
         for daemon in &report.daemons {
             rows.push(vec![
                 daemon.name.clone(),
@@ -406,7 +411,7 @@ pub(crate) async fn doctor_report(cli: &Cli, as_json: bool) -> CommandResult {
                 daemon.detail.clone(),
             ]);
         }
-        emit(&format!("state: {state}\n{}", table(&rows)));
+        emit(&format!("state: {state}\n{}", table(&header, &rows)));
     }
     Ok(if report.state() == OverallState::Ok {
         exit::OK

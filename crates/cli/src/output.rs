@@ -20,8 +20,12 @@ pub(crate) fn emit_json(value: &serde_json::Value) {
     emit(&serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
 }
 
-/// Rows padded into columns; the first row is the header.
-pub(crate) fn table(rows: &[Vec<String>]) -> String {
+/// A header and rows, padded into columns.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> =
+        std::iter::once(header.iter().map(|cell| (*cell).to_owned()).collect())
+            .chain(rows.iter().cloned())
+            .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|column| {
@@ -100,10 +104,7 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let rows = vec![
-            vec!["A".into(), "BB".into(), "C".into()],
-            vec!["aaa".into(), "b".into(), "c".into()],
-        ];
-        assert_eq!(table(&rows), "A    BB  C\naaa  b   c");
+        let rows = vec![vec!["aaa".into(), "b".into(), "c".into()]];
+        assert_eq!(table(&["A", "BB", "C"], &rows), "A    BB  C\naaa  b   c");
     }
 }

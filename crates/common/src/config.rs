@@ -175,16 +175,6 @@ pub struct DaemonConfig<S> {
 }
 
 impl<S: Settings> DaemonConfig<S> {
-    /// Built-in defaults with directories from the environment, as with no config file.
-    pub fn defaults(identity: DaemonIdentity) -> Self {
-        Self {
-            settings: S::default(),
-            source: ConfigSource::BuiltInDefaults,
-            directories: Directories::from_environment(),
-            identity,
-        }
-    }
-
     /// The Unix socket to bind when systemd passes none.
     pub fn socket_path(&self) -> PathBuf {
         self.settings

@@ -72,11 +72,6 @@ impl ServiceError {
         Self::new(ErrorKind::InvalidArgument, message)
     }
 
-    /// A dependency is down.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Unavailable, message)
-    }
-
     /// An unexpected failure. The detail goes to the log only; the caller learns what failed,
     /// not why, since the detail may hold paths or content it must not see.
     pub fn internal(what_failed: &str, detail: &dyn std::fmt::Display) -> Self {

@@ -37,6 +37,14 @@ pub const ALL_DAEMONS: [(&str, &str); 5] = [
     ("doctor", "synos-doctor"),
 ];
 
+/// The binary name of a daemon's short name, e.g. "memory" → "synos-memory".
+pub fn daemon_binary(short_name: &str) -> Option<&'static str> {
+    ALL_DAEMONS
+        .iter()
+        .find(|(short, _)| *short == short_name)
+        .map(|(_, binary)| *binary)
+}
+
 /// The base directories of the contract, overridable for development and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directories {
