@@ -206,6 +206,8 @@ broken_config_is_refused_and_recovered() {
   inside journalctl -u synos-policy.service --no-pager | grep -q 'policy.toml: key `max_mesage_bytes`: unknown key' &&
     reason_logged=true
   echo "reason in the journal: $reason_logged"
+  $reason_logged || inside journalctl --no-pager -o verbose -g max_mesage |
+    grep -E '^ *(_SYSTEMD_UNIT|SYSLOG_IDENTIFIER|_PID|MESSAGE|_TRANSPORT)=' | head -n 20
   inside cp /tmp/policy.toml.good /etc/synos/policy.toml
   inside systemctl reset-failed synos-policy.socket synos-policy.service
   inside systemctl start synos-policy.socket synos-policy.service && wait_active synos-policy.service || return 1

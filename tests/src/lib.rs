@@ -6,6 +6,8 @@
     reason = "test harness: a failure should panic loudly"
 )]
 
+pub mod stand_in;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};

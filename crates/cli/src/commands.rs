@@ -29,16 +29,34 @@ impl fmt::Display for CliError {
     }
 }
 
-type CommandResult = Result<u8, CliError>;
+impl CliError {
+    /// A command used wrongly: exit status 2, as for clap's own usage errors.
+    pub(crate) fn usage(message: &str) -> Self {
+        Self {
+            message: format!("synosctl: {message}"),
+            exit_code: exit::USAGE,
+        }
+    }
+
+    /// The daemon answered, but the command failed: exit status 1.
+    pub(crate) fn failure(message: &str) -> Self {
+        Self {
+            message: message.to_owned(),
+            exit_code: exit::FAILURE,
+        }
+    }
+}
+
+pub(crate) type CommandResult = Result<u8, CliError>;
 
 /// A daemon `synosctl` is talking to: the channel, and the name its errors are reported under.
-struct Connected {
+pub(crate) struct Connected {
     binary: &'static str,
-    channel: Channel,
+    pub(crate) channel: Channel,
 }
 
 /// Connects to one daemon by short name; failure is "synos-<name>: <why>" with exit status 69.
-async fn connect(cli: &Cli, short_name: &str) -> Result<Connected, CliError> {
+pub(crate) async fn connect(cli: &Cli, short_name: &str) -> Result<Connected, CliError> {
     let binary = daemon_binary(short_name).unwrap_or("synos-unknown");
     let channel = client::connect(&socket_path(&cli.runtime_dir, short_name), cli.timeout)
         .await
@@ -51,7 +69,7 @@ async fn connect(cli: &Cli, short_name: &str) -> Result<Connected, CliError> {
 
 impl Connected {
     /// A failed call: "synos-<name>: invalid argument: <message>".
-    fn call_failed(&self, status: &tonic::Status) -> CliError {
+    pub(crate) fn call_failed(&self, status: &tonic::Status) -> CliError {
         let code = format!("{:?}", status.code());
         let mut words = String::new();
         for character in code.chars() {
@@ -67,7 +85,7 @@ impl Connected {
     }
 }
 
-fn duration_from(duration: Option<prost_types::Duration>) -> Option<Duration> {
+pub(crate) fn duration_from(duration: Option<prost_types::Duration>) -> Option<Duration> {
     duration.and_then(|duration| Duration::try_from(duration).ok())
 }
 
@@ -194,53 +212,6 @@ pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
         }
     }
     Ok(if all_serving { exit::OK } else { exit::FAILURE })
-}
-
-/// `synosctl llm providers`.
-pub(crate) async fn llm_providers(cli: &Cli, as_json: bool) -> CommandResult {
-    use synos_proto::llm::v1::{ListProvidersRequest, ProviderState, router_client::RouterClient};
-    let connection = connect(cli, "llm-router").await?;
-    let mut router = RouterClient::new(connection.channel.clone());
-    let reply = router
-        .list_providers(ListProvidersRequest {})
-        .await
-        .map_err(|status| connection.call_failed(&status))?
-        .into_inner();
-    let state_name = |state: i32| {
-        ProviderState::try_from(state)
-            .map_or("UNKNOWN", |state| {
-                state.as_str_name().trim_start_matches("PROVIDER_STATE_")
-            })
-            .to_owned()
-    };
-    if as_json {
-        let providers: Vec<_> = reply
-            .providers
-            .iter()
-            .map(|provider| {
-                json!({
-                    "name": provider.name, "kind": provider.kind,
-                    "base_url": provider.base_url, "state": state_name(provider.state),
-                })
-            })
-            .collect();
-        emit_json(&json!({ "providers": providers }));
-    } else if reply.providers.is_empty() {
-        emit("no providers configured (see /etc/synos/llm-router.toml)");
-    } else {
-        let mut rows = Vec::new();
-        let header = ["NAME", "KIND", "STATE", "BASE URL"];
-        for provider in &reply.providers {
-            rows.push(vec![
-                provider.name.clone(),
-                provider.kind.clone(),
-                state_name(provider.state),
-                provider.base_url.clone(),
-            ]);
-        }
-        emit(&table(&header, &rows));
-    }
-    Ok(exit::OK)
 }
 
 /// `synosctl memory stats`.

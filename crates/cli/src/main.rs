@@ -1,6 +1,7 @@
 //! `synosctl`: one command-line client for every SynOS daemon.
 
 mod commands;
+mod llm;
 mod output;
 
 use std::path::PathBuf;
@@ -56,11 +57,60 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum LlmCommand {
+    /// Ask a model: streams the answer to stdout, then who served it to stderr
+    Chat {
+        /// The route to use
+        #[arg(long, default_value = "default")]
+        route: String,
+        /// Upper bound on generated tokens
+        #[arg(long, value_name = "N")]
+        max_tokens: Option<u32>,
+        /// Wait for the whole answer and print it as JSON with provider, model, attempts,
+        /// usage and cost
+        #[arg(long)]
+        json: bool,
+        /// What to ask
+        #[arg(required = true, value_name = "PROMPT")]
+        prompt: Vec<String>,
+    },
     /// List the configured providers and their state
     Providers {
         /// Print JSON
         #[arg(long)]
         json: bool,
+    },
+    /// Today's tokens, cost and budgets per route, principal and provider
+    Usage {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bearer keys for the OpenAI-compatible HTTP endpoint
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; it is printed once, alone on the last line
+    Create {
+        /// Whom requests with the key are for (budgets apply to it)
+        #[arg(long)]
+        principal: String,
+        /// A route the key may use (repeatable); all routes when none is given
+        #[arg(long = "route", value_name = "ROUTE")]
+        routes: Vec<String>,
+    },
+    /// List the keys (never their secrets)
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key at once
+    Revoke {
+        /// The key's id, as `list` shows it
+        id: String,
     },
 }
 
@@ -138,8 +188,22 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Status { json } => commands::status(&cli, *json).await,
-            Command::Llm(LlmCommand::Providers { json }) => {
-                commands::llm_providers(&cli, *json).await
+            Command::Llm(LlmCommand::Chat {
+                route,
+                max_tokens,
+                json,
+                prompt,
+            }) => llm::chat(&cli, route, prompt, *max_tokens, *json).await,
+            Command::Llm(LlmCommand::Providers { json }) => llm::providers(&cli, *json).await,
+            Command::Llm(LlmCommand::Usage { json }) => llm::usage(&cli, *json).await,
+            Command::Llm(LlmCommand::Keys(KeysCommand::Create { principal, routes })) => {
+                llm::keys_create(&cli, principal, routes).await
+            }
+            Command::Llm(LlmCommand::Keys(KeysCommand::List { json })) => {
+                llm::keys_list(&cli, *json).await
+            }
+            Command::Llm(LlmCommand::Keys(KeysCommand::Revoke { id })) => {
+                llm::keys_revoke(&cli, id).await
             }
             Command::Memory(MemoryCommand::Stats { json }) => {
                 commands::memory_stats(&cli, *json).await

@@ -1,23 +1,40 @@
 //! `synos.admin.v1.Admin`: the introspection service every daemon serves.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use prometheus_client::registry::Registry;
+
 use synos_proto::admin::v1::admin_server::Admin;
-use synos_proto::admin::v1::{GetInfoRequest, GetInfoResponse};
+use synos_proto::admin::v1::{
+    GetInfoRequest, GetInfoResponse, GetMetricsRequest, GetMetricsResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::identity::{DaemonIdentity, GIT_REVISION};
 use crate::systemd::StatusLine;
 
-/// Answers `GetInfo` from facts fixed at start plus the live status line.
-#[derive(Debug, Clone)]
+/// Answers `GetInfo` from facts fixed at start plus the live status line, and `GetMetrics`
+/// from the daemon's registry.
+#[derive(Clone)]
 pub struct AdminService {
     identity: DaemonIdentity,
     config_source: String,
     listeners: Vec<String>,
     status: StatusLine,
+    metrics: Arc<Registry>,
     started_at: SystemTime,
     started: Instant,
+}
+
+impl std::fmt::Debug for AdminService {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AdminService")
+            .field("identity", &self.identity)
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AdminService {
@@ -27,12 +44,14 @@ impl AdminService {
         config_source: String,
         listeners: Vec<String>,
         status: StatusLine,
+        metrics: Arc<Registry>,
     ) -> Self {
         Self {
             identity,
             config_source,
             listeners,
             status,
+            metrics,
             started_at: SystemTime::now(),
             started: Instant::now(),
         }
@@ -57,5 +76,15 @@ impl Admin for AdminService {
             state_summary: self.status.get(),
             listeners: self.listeners.clone(),
         }))
+    }
+
+    async fn get_metrics(
+        &self,
+        _request: Request<GetMetricsRequest>,
+    ) -> Result<Response<GetMetricsResponse>, Status> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.metrics)
+            .map_err(|error| Status::internal(format!("cannot encode the metrics: {error}")))?;
+        Ok(Response::new(GetMetricsResponse { text }))
     }
 }

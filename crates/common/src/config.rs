@@ -120,6 +120,9 @@ pub trait Settings: DeserializeOwned + Default + Send + Sync + 'static {
     fn problems(&self) -> Vec<Problem> {
         Vec::new()
     }
+    /// True for a daemon that applies a new configuration on SIGHUP itself (through
+    /// [`DaemonConfig::reload`]); the others only have it validated, and apply it on restart.
+    const APPLIES_RELOADS: bool = false;
 }
 
 /// The settings of a daemon with no sections of its own: just `[server]` and `[log]`.
@@ -172,6 +175,8 @@ pub struct DaemonConfig<S> {
     pub directories: Directories,
     /// The daemon these settings belong to.
     pub identity: DaemonIdentity,
+    /// The arguments they were loaded with, so a reload reads the same sources.
+    pub args: DaemonArgs,
 }
 
 impl<S: Settings> DaemonConfig<S> {
@@ -187,6 +192,11 @@ impl<S: Settings> DaemonConfig<S> {
     /// This daemon's state directory.
     pub fn state_directory(&self) -> PathBuf {
         self.directories.state_directory(self.identity.short_name)
+    }
+
+    /// Loads the configuration again from the same file, environment and arguments.
+    pub fn reload(&self) -> Result<Self, ConfigError> {
+        load_with(self.identity, &self.args, self.directories.clone())
     }
 }
 
@@ -324,6 +334,7 @@ pub fn load_with<S: Settings>(
         source,
         directories,
         identity,
+        args: args.clone(),
     })
 }
 

@@ -113,7 +113,9 @@ fn spawn_signal_handlers<S: Settings>(
                 _ = terminate.recv() => {}
                 _ = interrupt.recv() => {}
                 _ = hangup.recv() => {
-                    check_reloaded_config::<S>(identity, &args);
+                    if !S::APPLIES_RELOADS {
+                        check_reloaded_config::<S>(identity, &args);
+                    }
                     continue;
                 }
             }

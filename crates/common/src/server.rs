@@ -2,9 +2,11 @@
 //! on every listener, with readiness after binding and a bounded drain on shutdown.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use prometheus_client::registry::Registry;
 use synos_proto::admin::v1::admin_server::AdminServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,8 @@ pub struct GrpcServer {
     service_names: Vec<&'static str>,
     not_serving: Vec<&'static str>,
     status: StatusLine,
+    metrics: Arc<Registry>,
+    other_listeners: Vec<String>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -51,7 +55,22 @@ impl GrpcServer {
             service_names: Vec::new(),
             not_serving: Vec::new(),
             status,
+            metrics: Arc::new(Registry::default()),
+            other_listeners: Vec::new(),
         }
+    }
+
+    /// The registry `Admin.GetMetrics` encodes; empty unless the daemon sets one.
+    pub fn metrics(mut self, registry: Arc<Registry>) -> Self {
+        self.metrics = registry;
+        self
+    }
+
+    /// Names a listener the daemon serves itself (e.g. "http://127.0.0.1:7311"), so
+    /// `Admin.GetInfo` lists it next to the gRPC ones.
+    pub fn also_listening(mut self, description: String) -> Self {
+        self.other_listeners.push(description);
+        self
     }
 
     /// The health reporter, to mark services NOT_SERVING while a dependency is down.
@@ -97,21 +116,28 @@ impl GrpcServer {
             tcp: server_config.tcp_listen,
         };
         let listeners = listener::acquire(&plan)?;
-        let descriptions: Vec<String> = listeners.iter().map(Listener::describe).collect();
-
         let Self {
             mut routes,
             health,
             mut service_names,
             not_serving,
             status,
+            metrics,
+            other_listeners,
         } = self;
+        let descriptions: Vec<String> = listeners
+            .iter()
+            .map(Listener::describe)
+            .chain(other_listeners)
+            .collect();
+
         service_names.push(synos_proto::admin::v1::admin_server::SERVICE_NAME);
         let admin = AdminService::new(
             config.identity,
             config.source.to_string(),
             descriptions.clone(),
             status.clone(),
+            metrics,
         );
         routes.add_service(
             AdminServer::new(admin).max_decoding_message_size(server_config.max_message_bytes),

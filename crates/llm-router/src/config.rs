@@ -1,6 +1,9 @@
-//! The router's configuration: the common sections plus `[[provider]]` entries.
+//! The router's configuration: `[http]`, `[[provider]]`, `[[route]]`, `[budgets]`, `[breaker]`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use synos_common::config::{LogConfig, Problem, ServerConfig, Settings};
@@ -13,13 +16,117 @@ pub struct Config {
     pub server: ServerConfig,
     /// Log filter.
     pub log: LogConfig,
+    /// The OpenAI-compatible endpoint.
+    pub http: HttpConfig,
+    /// Where credentials come from when neither systemd nor the environment has them.
+    pub credentials: CredentialsConfig,
+    /// When a failing provider is taken out of rotation.
+    pub breaker: BreakerConfig,
+    /// Per-principal daily spending limits.
+    pub budgets: BudgetsConfig,
     /// The providers, in the order they are listed (`[[provider]]`).
     #[serde(rename = "provider")]
     pub providers: Vec<ProviderConfig>,
+    /// The routes (`[[route]]`).
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[http]`: the OpenAI-compatible endpoint on loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; "" turns the endpoint off. Port 0 picks a free port.
+    pub listen: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Failed authentications allowed per second, across all clients, before answering 429.
+    pub failed_auth_per_second: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7311".to_owned(),
+            max_body_bytes: 4 * 1024 * 1024,
+            failed_auth_per_second: 10,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The parsed listen address; `None` when the endpoint is off.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+/// `[credentials]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// A TOML file of `name = "secret"` lines, readable by the router only.
+    pub file: PathBuf,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("/etc/synos/llm-router.credentials"),
+        }
+    }
+}
+
+/// `[breaker]`: the per-provider circuit breaker.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// The window over which the error ratio is measured.
+    pub window_ms: u64,
+    /// Fewer outcomes than this in the window never open the breaker.
+    pub min_requests: u32,
+    /// Share of failures in the window (0 < ratio ≤ 1) that opens the breaker.
+    pub error_ratio: f64,
+    /// How long an open breaker waits before letting a single probe through.
+    pub open_ms: u64,
+    /// How long a provider cools down after a 429 or 5xx without `Retry-After`.
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            window_ms: 30_000,
+            min_requests: 5,
+            error_ratio: 0.5,
+            open_ms: 30_000,
+            cooldown_ms: 5_000,
+        }
+    }
+}
+
+/// `[budgets]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetsConfig {
+    /// Daily limit in US dollars per named principal.
+    pub principal_daily_usd: BTreeMap<String, f64>,
+    /// Daily limit for principals not named above; none when unset.
+    pub default_principal_daily_usd: Option<f64>,
+}
+
+impl BudgetsConfig {
+    /// The daily limit that applies to `principal`.
+    pub fn for_principal(&self, principal: &str) -> Option<f64> {
+        self.principal_daily_usd
+            .get(principal)
+            .copied()
+            .or(self.default_principal_daily_usd)
+    }
 }
 
 /// One LLM provider.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// Unique name that routes refer to.
@@ -28,6 +135,41 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// Base URL of its API, e.g. "http://127.0.0.1:11434/v1".
     pub base_url: String,
+    /// Name of the credential to send as a bearer token; none for local servers.
+    #[serde(default)]
+    pub credential: Option<String>,
+    /// Cost tier.
+    pub tier: Tier,
+    /// How far its operator is trusted with prompts.
+    pub trust: Trust,
+    /// Price per million tokens, or "free". Required: an unknown price is never $0.
+    pub price: Option<Price>,
+    /// Timeouts for each request.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Requests in flight at once; more are routed elsewhere.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Largest reply (or streamed event) accepted from it; larger is a bad reply.
+    #[serde(default = "default_max_reply_bytes")]
+    pub max_reply_bytes: usize,
+    /// Route model names to the provider's own, e.g. `{ "llama-3.1-8b" = "llama3.1:8b" }`.
+    #[serde(default)]
+    pub models: HashMap<String, String>,
+}
+
+fn default_max_concurrency() -> u32 {
+    64
+}
+fn default_max_reply_bytes() -> usize {
+    32 * 1024 * 1024
+}
+
+impl ProviderConfig {
+    /// The provider's own name for `model`.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.models.get(model).map_or(model, String::as_str)
+    }
 }
 
 /// The protocols the router speaks to providers.
@@ -47,6 +189,195 @@ impl ProviderKind {
     }
 }
 
+/// Cost tiers, cheapest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Costs nothing per token (local models).
+    Free,
+    /// Cheap hosted models.
+    Cheap,
+    /// Mid-priced hosted models.
+    Standard,
+    /// The most expensive models.
+    Premium,
+}
+
+impl Tier {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Free => "free",
+            Self::Cheap => "cheap",
+            Self::Standard => "standard",
+            Self::Premium => "premium",
+        }
+    }
+}
+
+/// Trust levels, least trusted first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trust {
+    /// A third party's service.
+    External,
+    /// A service under contract or the operator's own infrastructure.
+    Trusted,
+    /// This machine.
+    Local,
+}
+
+impl Trust {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::External => "external",
+            Self::Trusted => "trusted",
+            Self::Local => "local",
+        }
+    }
+}
+
+/// `price = { input_per_mtok = …, output_per_mtok = … }` or `price = "free"`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Price {
+    /// US dollars per million tokens.
+    PerMillionTokens {
+        /// Per million input (prompt) tokens.
+        input_per_mtok: f64,
+        /// Per million output (completion) tokens.
+        output_per_mtok: f64,
+    },
+    /// The word "free".
+    Named(PriceName),
+}
+
+/// The only price that is a word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PriceName {
+    /// Declared free: a local model.
+    Free,
+}
+
+impl Price {
+    /// Cost in US dollars of a request with these token counts.
+    pub fn cost(self, input_tokens: u64, output_tokens: u64) -> f64 {
+        match self {
+            Self::PerMillionTokens {
+                input_per_mtok,
+                output_per_mtok,
+            } => {
+                // Token counts stay far below 2^52, so the conversions are exact.
+                #[allow(clippy::cast_precision_loss)]
+                let (input, output) = (input_tokens as f64, output_tokens as f64);
+                (input * input_per_mtok + output * output_per_mtok) / 1_000_000.0
+            }
+            Self::Named(PriceName::Free) => 0.0,
+        }
+    }
+}
+
+/// Per-request timeouts of a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timeouts {
+    /// Establishing the connection (TCP and TLS).
+    pub connect_ms: u64,
+    /// From sending the request to the first token (or, unstreamed, the response headers).
+    pub first_token_ms: u64,
+    /// Longest silence between two chunks of a streamed reply or body.
+    pub idle_ms: u64,
+    /// The whole request.
+    pub total_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: 2_000,
+            first_token_ms: 10_000,
+            idle_ms: 30_000,
+            total_ms: 120_000,
+        }
+    }
+}
+
+impl Timeouts {
+    /// `connect_ms` as a duration.
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    /// `first_token_ms` as a duration.
+    pub fn first_token(&self) -> Duration {
+        Duration::from_millis(self.first_token_ms)
+    }
+    /// `idle_ms` as a duration.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+    /// `total_ms` as a duration.
+    pub fn total(&self) -> Duration {
+        Duration::from_millis(self.total_ms)
+    }
+}
+
+/// A named, ordered fallback chain.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// What requests name, e.g. "default" (the OpenAI endpoint's `model`).
+    pub name: String,
+    /// Never fall back to a provider above this tier.
+    #[serde(default = "default_max_tier")]
+    pub max_tier: Tier,
+    /// Never fall back to a provider below this trust level.
+    #[serde(default = "default_min_trust")]
+    pub min_trust: Trust,
+    /// Retries of each entry after a failure that does not cool the provider, before the next.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First wait between retries; doubles each time, with jitter.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Daily limit in US dollars for all requests through this route.
+    #[serde(default)]
+    pub daily_budget_usd: Option<f64>,
+    /// The entries, tried in order.
+    pub chain: Vec<ChainEntryConfig>,
+}
+
+fn default_max_tier() -> Tier {
+    Tier::Standard
+}
+fn default_min_trust() -> Trust {
+    Trust::External
+}
+fn default_retries() -> u32 {
+    1
+}
+fn default_backoff_ms() -> u64 {
+    100
+}
+
+/// One link of a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainEntryConfig {
+    /// A `[[provider]]` name.
+    pub provider: String,
+    /// The model to ask it for (mapped through the provider's `models`).
+    pub model: String,
+}
+
+impl Config {
+    /// The provider called `name`.
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|provider| provider.name == name)
+    }
+}
+
 impl Settings for Config {
     fn server(&self) -> &ServerConfig {
         &self.server
@@ -56,8 +387,65 @@ impl Settings for Config {
         &self.log
     }
 
+    const APPLIES_RELOADS: bool = true;
+
     fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
+        if !self.http.listen.is_empty() && self.http.address().is_none() {
+            problems.push(Problem::new(
+                "http.listen",
+                "must be an IP address and port such as 127.0.0.1:7311, or \"\" for off",
+            ));
+        }
+        if self.http.max_body_bytes == 0 {
+            problems.push(Problem::new("http.max_body_bytes", "must be positive"));
+        }
+        if self.http.failed_auth_per_second == 0 {
+            problems.push(Problem::new(
+                "http.failed_auth_per_second",
+                "must be positive",
+            ));
+        }
+        let breaker = &self.breaker;
+        if !(breaker.error_ratio > 0.0 && breaker.error_ratio <= 1.0) {
+            problems.push(Problem::new("breaker.error_ratio", "must be in (0, 1]"));
+        }
+        if breaker.window_ms == 0 || breaker.open_ms == 0 {
+            problems.push(Problem::new(
+                "breaker",
+                "window_ms and open_ms must be positive",
+            ));
+        }
+        for (principal, limit) in &self.budgets.principal_daily_usd {
+            if !is_amount(*limit) {
+                problems.push(Problem::new(
+                    format!("budgets.principal_daily_usd.{principal}"),
+                    "must be a non-negative number of dollars",
+                ));
+            }
+        }
+        if self
+            .budgets
+            .default_principal_daily_usd
+            .is_some_and(|limit| !is_amount(limit))
+        {
+            problems.push(Problem::new(
+                "budgets.default_principal_daily_usd",
+                "must be a non-negative number of dollars",
+            ));
+        }
+        self.provider_problems(&mut problems);
+        self.route_problems(&mut problems);
+        problems
+    }
+}
+
+fn is_amount(value: f64) -> bool {
+    value.is_finite() && value >= 0.0
+}
+
+impl Config {
+    fn provider_problems(&self, problems: &mut Vec<Problem>) {
         let mut names = HashSet::new();
         for (index, provider) in self.providers.iter().enumerate() {
             let key = |field: &str| format!("provider.{index}.{field}");
@@ -69,17 +457,152 @@ impl Settings for Config {
                     format!("provider {:?} is defined twice", provider.name),
                 ));
             }
-            let url = provider.base_url.as_str();
-            let rest = url
-                .strip_prefix("https://")
-                .or_else(|| url.strip_prefix("http://"));
-            if rest.is_none_or(|rest| rest.is_empty() || rest.starts_with('/')) {
+            if reqwest::Url::parse(&provider.base_url)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+                .is_none()
+            {
                 problems.push(Problem::new(
                     key("base_url"),
                     "must be an http:// or https:// URL with a host",
                 ));
             }
+            match provider.price {
+                None => problems.push(Problem::new(
+                    key("price"),
+                    format!(
+                        "provider {:?} has no price: set {{ input_per_mtok = …, output_per_mtok = … }} \
+                         in US dollars, or \"free\" for a local model (an unknown price is never $0)",
+                        provider.name
+                    ),
+                )),
+                Some(Price::PerMillionTokens {
+                    input_per_mtok,
+                    output_per_mtok,
+                }) if !is_amount(input_per_mtok) || !is_amount(output_per_mtok) => {
+                    problems.push(Problem::new(
+                        key("price"),
+                        "prices must be non-negative numbers of dollars per million tokens",
+                    ));
+                }
+                Some(Price::Named(PriceName::Free)) if provider.tier != Tier::Free => {
+                    problems.push(Problem::new(
+                        key("price"),
+                        "a free provider must have tier = \"free\"",
+                    ));
+                }
+                _ => {}
+            }
+            let timeouts = provider.timeouts;
+            if [
+                timeouts.connect_ms,
+                timeouts.first_token_ms,
+                timeouts.idle_ms,
+                timeouts.total_ms,
+            ]
+            .contains(&0)
+            {
+                problems.push(Problem::new(
+                    key("timeouts"),
+                    "every timeout must be positive",
+                ));
+            }
+            if provider.max_reply_bytes < 1024 {
+                problems.push(Problem::new(
+                    key("max_reply_bytes"),
+                    "must be at least 1024",
+                ));
+            }
+            if provider.max_concurrency == 0 {
+                problems.push(Problem::new(key("max_concurrency"), "must be positive"));
+            }
+            if let Some(credential) = &provider.credential
+                && !is_credential_name(credential)
+            {
+                problems.push(Problem::new(
+                    key("credential"),
+                    "must be a name of letters, digits, '-' and '_' (a file name under \
+                     $CREDENTIALS_DIRECTORY)",
+                ));
+            }
         }
-        problems
     }
+
+    fn route_problems(&self, problems: &mut Vec<Problem>) {
+        let mut names = HashSet::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("route.{index}.{field}");
+            if route.name.trim().is_empty() {
+                problems.push(Problem::new(key("name"), "must not be empty"));
+            } else if !names.insert(route.name.as_str()) {
+                problems.push(Problem::new(
+                    key("name"),
+                    format!("route {:?} is defined twice", route.name),
+                ));
+            }
+            if route.chain.is_empty() {
+                problems.push(Problem::new(
+                    key("chain"),
+                    "must name at least one provider",
+                ));
+            }
+            if route.retries > 10 {
+                problems.push(Problem::new(key("retries"), "must be at most 10"));
+            }
+            if route
+                .daily_budget_usd
+                .is_some_and(|limit| !is_amount(limit))
+            {
+                problems.push(Problem::new(
+                    key("daily_budget_usd"),
+                    "must be a non-negative number of dollars",
+                ));
+            }
+            for (position, entry) in route.chain.iter().enumerate() {
+                let entry_key = format!("route.{index}.chain.{position}.provider");
+                let Some(provider) = self.provider(&entry.provider) else {
+                    problems.push(Problem::new(
+                        entry_key,
+                        format!("no provider is called {:?}", entry.provider),
+                    ));
+                    continue;
+                };
+                if provider.tier > route.max_tier {
+                    problems.push(Problem::new(
+                        entry_key,
+                        format!(
+                            "provider {:?} is tier {}, above the route's max_tier {}",
+                            provider.name,
+                            provider.tier.as_str(),
+                            route.max_tier.as_str()
+                        ),
+                    ));
+                } else if provider.trust < route.min_trust {
+                    problems.push(Problem::new(
+                        entry_key,
+                        format!(
+                            "provider {:?} is trust {}, below the route's min_trust {}",
+                            provider.name,
+                            provider.trust.as_str(),
+                            route.min_trust.as_str()
+                        ),
+                    ));
+                }
+                if entry.model.trim().is_empty() {
+                    problems.push(Problem::new(
+                        format!("route.{index}.chain.{position}.model"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Credential names become file names and environment variable names.
+pub(crate) fn is_credential_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|character| character.is_ascii_alphanumeric() || matches!(character, '-' | '_'))
 }

@@ -1,12 +1,31 @@
-//! The LLM router daemon: knows the configured providers and serves `synos.llm.v1.Router`.
+//! The LLM router daemon: routes chat completions and embeddings across providers along
+//! fallback chains, serving `synos.llm.v1.Router` on its socket and an OpenAI-compatible
+//! endpoint on loopback.
 
+mod accounting;
 mod config;
+mod credentials;
+mod engine;
+mod http;
+mod keys;
+mod metrics;
+mod provider_state;
 mod service;
+mod upstream;
 
-pub use config::{Config, ProviderConfig, ProviderKind};
-use synos_common::systemd::StatusLine;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{Config, ProviderConfig, ProviderKind, RouteConfig, Tier, Trust};
+use synos_common::systemd::{self, StatusLine};
 use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdown};
 use synos_proto::llm::v1::router_server::RouterServer;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::accounting::Ledger;
+use crate::credentials::CredentialSources;
+use crate::engine::Engine;
+use crate::keys::KeyStore;
 
 /// The router's fixed names.
 pub const IDENTITY: DaemonIdentity = DaemonIdentity {
@@ -15,18 +34,190 @@ pub const IDENTITY: DaemonIdentity = DaemonIdentity {
     version: env!("CARGO_PKG_VERSION"),
 };
 
+/// How often usage is written to the state directory.
+const PERSIST_INTERVAL: Duration = Duration::from_secs(2);
+
+fn summary(config: &Config, http: &str, state_problem: Option<&str>) -> String {
+    let mut line = format!(
+        "serving; {} providers, {} routes; HTTP {http}",
+        config.providers.len(),
+        config.routes.len()
+    );
+    if let Some(problem) = state_problem {
+        line.push_str("; DEGRADED: ");
+        line.push_str(problem);
+    }
+    line
+}
+
+/// Opens the usage ledger and key store in the state directory. Without a usable one the
+/// router still routes, in memory only, and says so.
+fn open_stores(config: &DaemonConfig<Config>) -> (Ledger, KeyStore, Option<String>) {
+    let directory = config.state_directory();
+    let usable = std::fs::create_dir_all(&directory)
+        .map_err(|error| format!("state directory {}: {error}", directory.display()))
+        .and_then(|()| {
+            let probe = directory.join(".writable");
+            std::fs::write(&probe, b"")
+                .and_then(|()| std::fs::remove_file(&probe))
+                .map_err(|error| {
+                    format!(
+                        "state directory {} is not writable: {error}",
+                        directory.display()
+                    )
+                })
+        });
+    let stores = usable.and_then(|()| {
+        Ok((
+            Ledger::open(directory.join("usage.json"))?,
+            KeyStore::open(directory.join("keys.json"))?,
+        ))
+    });
+    match stores {
+        Ok((ledger, keys)) => (ledger, keys, None),
+        Err(problem) => {
+            tracing::error!(%problem, "usage and keys kept in memory only: budgets reset and keys vanish on restart");
+            (Ledger::in_memory(), KeyStore::in_memory(), Some(problem))
+        }
+    }
+}
+
 /// Serves the router until `shutdown` is cancelled.
 pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(), DaemonError> {
-    let providers = config.settings.providers.clone();
-    let status = StatusLine::new(match providers.len() {
-        0 => "serving; no providers configured".to_owned(),
-        count => format!("serving; {count} providers configured"),
-    });
-    let router = RouterServer::new(service::RouterService::new(providers))
+    let (metrics, registry) = metrics::Metrics::new();
+    let (ledger, keys, state_problem) = open_stores(&config);
+    let credentials = CredentialSources::from_environment(&config.settings.credentials.file);
+    let engine = Arc::new(Engine::new(
+        config.settings.clone(),
+        credentials,
+        ledger,
+        keys,
+        metrics,
+    ));
+
+    let mut http_listening = None;
+    let mut http_description = "off".to_owned();
+    let mut http_task = None;
+    if let Some(address) = config.settings.http.address() {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                let bound = listener.local_addr().map_or(address, |bound| bound);
+                http_description = format!("http://{bound}");
+                http_listening = Some(http_description.clone());
+                let app = http::router(
+                    Arc::clone(&engine),
+                    config.settings.http.max_body_bytes,
+                    config.settings.http.failed_auth_per_second,
+                );
+                let stop = shutdown.clone();
+                http_task = Some(tokio::spawn(async move {
+                    let served = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await;
+                    if let Err(error) = served {
+                        tracing::error!(%error, "HTTP endpoint stopped");
+                    }
+                }));
+            }
+            Err(error) => {
+                // gRPC still serves: degrade, and say so, rather than refuse to start.
+                tracing::error!(%address, %error, "cannot listen for HTTP; the OpenAI-compatible endpoint is off");
+                http_description = format!("off ({address}: {error})");
+            }
+        }
+    }
+    let status = StatusLine::new(summary(
+        &config.settings,
+        &http_description,
+        state_problem.as_deref(),
+    ));
+    let mut server = GrpcServer::new(status.clone()).metrics(Arc::new(registry));
+    if let Some(description) = http_listening {
+        server = server.also_listening(description);
+    }
+
+    let background = tokio::spawn(background_tasks(
+        Arc::clone(&engine),
+        config.clone(),
+        status,
+        http_description.clone(),
+        state_problem.clone(),
+        shutdown.clone(),
+    ));
+
+    let router = RouterServer::new(service::RouterService::new(Arc::clone(&engine)))
         .max_decoding_message_size(config.settings.server.max_message_bytes);
-    GrpcServer::new(status)
-        .add_service(router)
-        .serve(&config, shutdown)
-        .await?;
+    let served = server.add_service(router).serve(&config, shutdown).await;
+    if let Some(task) = http_task {
+        let drain = Duration::from_millis(config.settings.server.drain_timeout_ms);
+        if tokio::time::timeout(drain, task).await.is_err() {
+            tracing::info!("HTTP drain time over; closing the remaining connections");
+        }
+    }
+    let _ = background.await;
+    if let Err(error) = engine.ledger.persist() {
+        tracing::error!(%error, "usage not saved");
+    }
+    served?;
     Ok(())
+}
+
+/// Saves usage periodically and applies configuration reloads on SIGHUP.
+async fn background_tasks(
+    engine: Arc<Engine>,
+    mut config: DaemonConfig<Config>,
+    status: StatusLine,
+    http_description: String,
+    state_problem: Option<String>,
+    shutdown: Shutdown,
+) {
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; reloads need a restart");
+            None
+        }
+    };
+    let mut persist = tokio::time::interval(PERSIST_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = persist.tick() => {
+                if let Err(error) = engine.ledger.persist() {
+                    tracing::error!(%error, "usage not saved; retrying");
+                }
+                engine.update_state_metrics();
+            }
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(hangup) => hangup.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                systemd::notify_reloading();
+                match config.reload() {
+                    Ok(reloaded) => {
+                        if reloaded.settings.http != config.settings.http
+                            || reloaded.settings.server != config.settings.server
+                        {
+                            tracing::warn!("SIGHUP: [http] and [server] changes apply on restart");
+                        }
+                        engine.apply(reloaded.settings.clone());
+                        status.set(summary(&reloaded.settings, &http_description, state_problem.as_deref()));
+                        tracing::info!(
+                            config = %reloaded.source,
+                            providers = reloaded.settings.providers.len(),
+                            routes = reloaded.settings.routes.len(),
+                            "SIGHUP: configuration reloaded"
+                        );
+                        config = reloaded;
+                    }
+                    Err(error) => {
+                        tracing::error!("SIGHUP: new configuration rejected, running one kept: {error}");
+                    }
+                }
+                systemd::notify_reloaded();
+            }
+        }
+    }
 }

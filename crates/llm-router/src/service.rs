@@ -1,40 +1,498 @@
-//! `synos.llm.v1.Router` over the configured providers.
+//! `synos.llm.v1.Router`: the gRPC front end of the engine.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt as _};
+use serde_json::{Map, Value};
+use synos_proto::llm::v1 as api;
 use synos_proto::llm::v1::router_server::Router;
-use synos_proto::llm::v1::{ListProvidersRequest, ListProvidersResponse, Provider, ProviderState};
 use tonic::{Request, Response, Status};
 
-use crate::config::ProviderConfig;
+use crate::config::{Tier, Trust};
+use crate::engine::{
+    AttemptRecord, ChatCall, DEFAULT_CHAT_ROUTE, DEFAULT_EMBED_ROUTE, Engine, Outcome, RouteError,
+    Served, StreamItem, provider_state_label,
+};
+use crate::provider_state::Breaker;
+
+/// The principal of requests that name none.
+pub(crate) const LOCAL_PRINCIPAL: &str = "local";
 
 /// The router's gRPC service.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct RouterService {
-    providers: Vec<ProviderConfig>,
+    engine: Arc<Engine>,
 }
 
 impl RouterService {
-    pub(crate) fn new(providers: Vec<ProviderConfig>) -> Self {
-        Self { providers }
+    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+
+    fn invalid(&self, message: String) -> Status {
+        self.engine.metrics.invalid_requests.inc();
+        Status::invalid_argument(message)
+    }
+
+    fn chat_call(&self, request: api::ChatRequest) -> Result<ChatCall, Status> {
+        if request.messages.is_empty() {
+            return Err(self.invalid("messages: at least one message is required".to_owned()));
+        }
+        let mut messages = Vec::with_capacity(request.messages.len());
+        for (index, message) in request.messages.iter().enumerate() {
+            if !matches!(
+                message.role.as_str(),
+                "system" | "user" | "assistant" | "tool" | "developer"
+            ) {
+                return Err(self.invalid(format!(
+                    "messages[{index}].role: must be system, user, assistant, tool or developer"
+                )));
+            }
+            messages.push(serde_json::json!({ "role": message.role, "content": message.content }));
+        }
+        let mut fields = Map::new();
+        fields.insert("messages".to_owned(), Value::Array(messages));
+        if let Some(max_tokens) = request.max_tokens {
+            if max_tokens == 0 {
+                return Err(self.invalid("max_tokens: must be positive".to_owned()));
+            }
+            fields.insert("max_tokens".to_owned(), Value::from(max_tokens));
+        }
+        if let Some(temperature) = request.temperature {
+            if !(0.0..=2.0).contains(&temperature) {
+                return Err(self.invalid("temperature: must be between 0 and 2".to_owned()));
+            }
+            fields.insert(
+                "temperature".to_owned(),
+                Value::from(f64::from(temperature)),
+            );
+        }
+        Ok(ChatCall {
+            route: non_empty_or(request.route, DEFAULT_CHAT_ROUTE),
+            principal: non_empty_or(request.principal, LOCAL_PRINCIPAL),
+            fields,
+            max_tier: tier_from_api(request.max_tier)
+                .map_err(|message| self.invalid(format!("max_tier: {message}")))?,
+            min_trust: trust_from_api(request.min_trust)
+                .map_err(|message| self.invalid(format!("min_trust: {message}")))?,
+        })
     }
 }
 
+fn non_empty_or(value: String, default: &str) -> String {
+    if value.is_empty() {
+        default.to_owned()
+    } else {
+        value
+    }
+}
+
+/// The gRPC status for a routing failure.
+pub(crate) fn route_status(error: &RouteError) -> Status {
+    let message = error.to_string();
+    match error {
+        RouteError::UnknownRoute(_) => Status::not_found(message),
+        RouteError::BudgetExhausted(_) => Status::resource_exhausted(message),
+        RouteError::NotAllowed { .. } => Status::failed_precondition(message),
+        RouteError::Exhausted { rejected: true, .. } | RouteError::InvalidRequest(_) => {
+            Status::invalid_argument(message)
+        }
+        RouteError::Exhausted { .. } => Status::unavailable(message),
+    }
+}
+
+fn tier_from_api(value: i32) -> Result<Option<Tier>, String> {
+    match api::Tier::try_from(value) {
+        Ok(api::Tier::Unspecified) => Ok(None),
+        Ok(api::Tier::Free) => Ok(Some(Tier::Free)),
+        Ok(api::Tier::Cheap) => Ok(Some(Tier::Cheap)),
+        Ok(api::Tier::Standard) => Ok(Some(Tier::Standard)),
+        Ok(api::Tier::Premium) => Ok(Some(Tier::Premium)),
+        Err(_) => Err(format!("unknown tier {value}")),
+    }
+}
+
+fn trust_from_api(value: i32) -> Result<Option<Trust>, String> {
+    match api::Trust::try_from(value) {
+        Ok(api::Trust::Unspecified) => Ok(None),
+        Ok(api::Trust::External) => Ok(Some(Trust::External)),
+        Ok(api::Trust::Trusted) => Ok(Some(Trust::Trusted)),
+        Ok(api::Trust::Local) => Ok(Some(Trust::Local)),
+        Err(_) => Err(format!("unknown trust level {value}")),
+    }
+}
+
+fn tier_to_api(tier: Tier) -> api::Tier {
+    match tier {
+        Tier::Free => api::Tier::Free,
+        Tier::Cheap => api::Tier::Cheap,
+        Tier::Standard => api::Tier::Standard,
+        Tier::Premium => api::Tier::Premium,
+    }
+}
+
+fn trust_to_api(trust: Trust) -> api::Trust {
+    match trust {
+        Trust::External => api::Trust::External,
+        Trust::Trusted => api::Trust::Trusted,
+        Trust::Local => api::Trust::Local,
+    }
+}
+
+fn duration(value: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(value).ok()
+}
+
+fn attempt_to_api(attempt: &AttemptRecord) -> api::Attempt {
+    let outcome = match attempt.outcome {
+        Outcome::Ok => api::AttemptOutcome::Ok,
+        Outcome::RateLimited => api::AttemptOutcome::RateLimited,
+        Outcome::ServerError => api::AttemptOutcome::ServerError,
+        Outcome::Timeout => api::AttemptOutcome::Timeout,
+        Outcome::ConnectionFailed => api::AttemptOutcome::ConnectionFailed,
+        Outcome::BadReply => api::AttemptOutcome::BadReply,
+        Outcome::Rejected => api::AttemptOutcome::Rejected,
+        Outcome::Skipped => api::AttemptOutcome::Skipped,
+        Outcome::NotAllowed => api::AttemptOutcome::NotAllowed,
+    };
+    api::Attempt {
+        provider: attempt.provider.clone(),
+        model: attempt.model.clone(),
+        outcome: outcome.into(),
+        detail: attempt.detail.clone(),
+        latency: duration(attempt.latency),
+    }
+}
+
+/// `Served` as the API shows it.
+pub(crate) fn served_to_api(served: &Served) -> api::Served {
+    api::Served {
+        route: served.route.clone(),
+        provider: served.provider.clone(),
+        model: served.model.clone(),
+        attempts: served.attempts.iter().map(attempt_to_api).collect(),
+        usage: served.usage.map(|usage| api::Usage {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            counted: usage.counted,
+            cost_usd: usage.cost_usd,
+        }),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<api::ChatStreamEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Router for RouterService {
+    async fn chat(
+        &self,
+        request: Request<api::ChatRequest>,
+    ) -> Result<Response<api::ChatResponse>, Status> {
+        let call = self.chat_call(request.into_inner())?;
+        let (reply, served) = self
+            .engine
+            .chat(call)
+            .await
+            .map_err(|error| route_status(&error))?;
+        Ok(Response::new(api::ChatResponse {
+            content: reply.content,
+            finish_reason: reply.finish_reason,
+            served: Some(served_to_api(&served)),
+        }))
+    }
+
+    type ChatStreamStream = EventStream;
+
+    async fn chat_stream(
+        &self,
+        request: Request<api::ChatRequest>,
+    ) -> Result<Response<Self::ChatStreamStream>, Status> {
+        let call = self.chat_call(request.into_inner())?;
+        let opened = self
+            .engine
+            .chat_stream(call)
+            .await
+            .map_err(|error| route_status(&error))?;
+        let started = api::ChatStreamEvent {
+            event: Some(api::chat_stream_event::Event::Started(api::Started {
+                provider: opened.served.provider.clone(),
+                model: opened.served.model.clone(),
+                attempts: opened.served.attempts.iter().map(attempt_to_api).collect(),
+            })),
+        };
+        let relayed = self.engine.relay(opened).filter_map(|item| async move {
+            match item {
+                StreamItem::Chunk(chunk) if chunk.delta.is_empty() => None,
+                StreamItem::Chunk(chunk) => Some(Ok(api::ChatStreamEvent {
+                    event: Some(api::chat_stream_event::Event::Delta(chunk.delta)),
+                })),
+                StreamItem::Finished {
+                    finish_reason,
+                    served,
+                } => Some(Ok(api::ChatStreamEvent {
+                    event: Some(api::chat_stream_event::Event::Finished(api::Finished {
+                        finish_reason,
+                        served: Some(served_to_api(&served)),
+                    })),
+                })),
+                // An explicit error, never a silently truncated answer.
+                StreamItem::Failed(message) => Some(Err(Status::unavailable(message))),
+            }
+        });
+        let stream = futures_util::stream::once(async { Ok(started) }).chain(relayed);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn embed(
+        &self,
+        request: Request<api::EmbedRequest>,
+    ) -> Result<Response<api::EmbedResponse>, Status> {
+        let request = request.into_inner();
+        if request.inputs.is_empty() {
+            return Err(self.invalid("inputs: at least one text is required".to_owned()));
+        }
+        let route = non_empty_or(request.route, DEFAULT_EMBED_ROUTE);
+        let principal = non_empty_or(request.principal, LOCAL_PRINCIPAL);
+        let (vectors, served) = self
+            .engine
+            .embed(&route, &principal, request.inputs)
+            .await
+            .map_err(|error| route_status(&error))?;
+        Ok(Response::new(api::EmbedResponse {
+            embeddings: vectors
+                .into_iter()
+                .map(|values| api::Embedding { values })
+                .collect(),
+            served: Some(served_to_api(&served)),
+        }))
+    }
+
     async fn list_providers(
         &self,
-        _request: Request<ListProvidersRequest>,
-    ) -> Result<Response<ListProvidersResponse>, Status> {
-        // No request has failed yet in this skeleton, so every provider is eligible.
-        let providers = self
+        _request: Request<api::ListProvidersRequest>,
+    ) -> Result<Response<api::ListProvidersResponse>, Status> {
+        let topology = self.engine.topology();
+        let providers = topology
+            .config
             .providers
             .iter()
-            .map(|provider| Provider {
-                name: provider.name.clone(),
-                kind: provider.kind.as_str().to_owned(),
-                base_url: provider.base_url.clone(),
-                state: ProviderState::Available.into(),
+            .filter_map(|config| topology.providers.get(&config.name))
+            .map(|provider| provider_to_api(provider))
+            .collect();
+        Ok(Response::new(api::ListProvidersResponse { providers }))
+    }
+
+    async fn set_provider_state(
+        &self,
+        request: Request<api::SetProviderStateRequest>,
+    ) -> Result<Response<api::Provider>, Status> {
+        let request = request.into_inner();
+        let topology = self.engine.topology();
+        let provider = topology
+            .providers
+            .get(&request.name)
+            .ok_or_else(|| Status::not_found(format!("no provider {:?}", request.name)))?;
+        match api::ProviderAction::try_from(request.action) {
+            Ok(api::ProviderAction::Drain) => provider.state.set_drained(true),
+            Ok(api::ProviderAction::Cool) => {
+                let cool_for = match request.cool_for {
+                    None => Duration::from_secs(60),
+                    Some(value) => Duration::try_from(value)
+                        .map_err(|_| self.invalid("cool_for: must not be negative".to_owned()))?,
+                };
+                provider
+                    .state
+                    .cool(cool_for, "cooled by an operator".to_owned());
+            }
+            Ok(api::ProviderAction::Restore) => provider.state.restore(),
+            Ok(api::ProviderAction::Unspecified) | Err(_) => {
+                return Err(self.invalid("action: must be DRAIN, COOL or RESTORE".to_owned()));
+            }
+        }
+        tracing::info!(provider = %request.name, action = request.action, "provider state set");
+        self.engine.update_state_metrics();
+        Ok(Response::new(provider_to_api(provider)))
+    }
+
+    async fn list_routes(
+        &self,
+        _request: Request<api::ListRoutesRequest>,
+    ) -> Result<Response<api::ListRoutesResponse>, Status> {
+        let topology = self.engine.topology();
+        let routes = topology
+            .config
+            .routes
+            .iter()
+            .map(|route| api::Route {
+                name: route.name.clone(),
+                max_tier: tier_to_api(route.max_tier).into(),
+                min_trust: trust_to_api(route.min_trust).into(),
+                retries: route.retries,
+                chain: route
+                    .chain
+                    .iter()
+                    .map(|entry| api::ChainEntry {
+                        provider: entry.provider.clone(),
+                        model: entry.model.clone(),
+                    })
+                    .collect(),
+                daily_budget_usd: route.daily_budget_usd,
             })
             .collect();
-        Ok(Response::new(ListProvidersResponse { providers }))
+        Ok(Response::new(api::ListRoutesResponse { routes }))
+    }
+
+    async fn get_usage(
+        &self,
+        _request: Request<api::GetUsageRequest>,
+    ) -> Result<Response<api::GetUsageResponse>, Status> {
+        let topology = self.engine.topology();
+        let day = self.engine.ledger.today();
+        let totals = |map: &std::collections::BTreeMap<String, crate::accounting::Totals>,
+                      budget: &dyn Fn(&str) -> Option<f64>| {
+            map.iter()
+                .map(|(name, totals)| api::UsageTotal {
+                    name: name.clone(),
+                    requests: totals.requests,
+                    input_tokens: totals.input_tokens,
+                    output_tokens: totals.output_tokens,
+                    cost_usd: totals.cost_usd,
+                    daily_budget_usd: budget(name),
+                })
+                .collect()
+        };
+        let route_budget = |name: &str| {
+            topology
+                .config
+                .routes
+                .iter()
+                .find(|route| route.name == name)
+                .and_then(|route| route.daily_budget_usd)
+        };
+        let principal_budget = |name: &str| topology.config.budgets.for_principal(name);
+        Ok(Response::new(api::GetUsageResponse {
+            day: day.day.clone(),
+            routes: totals(&day.routes, &route_budget),
+            principals: totals(&day.principals, &principal_budget),
+            providers: totals(&day.providers, &|_| None),
+        }))
+    }
+
+    async fn create_key(
+        &self,
+        request: Request<api::CreateKeyRequest>,
+    ) -> Result<Response<api::CreateKeyResponse>, Status> {
+        let request = request.into_inner();
+        if request.principal.trim().is_empty() {
+            return Err(self.invalid("principal: must not be empty".to_owned()));
+        }
+        let topology = self.engine.topology();
+        for route in &request.routes {
+            if !topology
+                .config
+                .routes
+                .iter()
+                .any(|known| &known.name == route)
+            {
+                return Err(self.invalid(format!("routes: no route {route:?}")));
+            }
+        }
+        let (key, record) = self
+            .engine
+            .keys
+            .create(&request.principal, request.routes)
+            .map_err(|error| {
+                Status::failed_precondition(format!("cannot store the key: {error}"))
+            })?;
+        tracing::info!(id = %record.id, principal = %record.principal, "HTTP key created");
+        Ok(Response::new(api::CreateKeyResponse {
+            key,
+            info: Some(key_to_api(&record)),
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        _request: Request<api::ListKeysRequest>,
+    ) -> Result<Response<api::ListKeysResponse>, Status> {
+        Ok(Response::new(api::ListKeysResponse {
+            keys: self.engine.keys.list().iter().map(key_to_api).collect(),
+        }))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<api::RevokeKeyRequest>,
+    ) -> Result<Response<api::RevokeKeyResponse>, Status> {
+        let id = request.into_inner().id;
+        match self.engine.keys.revoke(&id) {
+            Ok(true) => {
+                tracing::info!(%id, "HTTP key revoked");
+                Ok(Response::new(api::RevokeKeyResponse {}))
+            }
+            Ok(false) => Err(Status::not_found(format!("no key {id:?}"))),
+            Err(error) => Err(Status::failed_precondition(format!(
+                "cannot store the change: {error}"
+            ))),
+        }
+    }
+}
+
+fn key_to_api(record: &crate::keys::KeyRecord) -> api::ApiKey {
+    api::ApiKey {
+        id: record.id.clone(),
+        principal: record.principal.clone(),
+        routes: record.routes.clone(),
+        created: Some(prost_types::Timestamp {
+            seconds: i64::try_from(record.created_unix).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+    }
+}
+
+fn provider_to_api(provider: &crate::engine::ProviderRuntime) -> api::Provider {
+    let snapshot = provider.state.snapshot();
+    let (state, reason) = match provider_state_label(provider) {
+        "unusable" => (
+            api::ProviderState::CircuitOpen,
+            provider.problem.clone().unwrap_or_default(),
+        ),
+        "drained" => (api::ProviderState::Drained, "drained".to_owned()),
+        "circuit_open" => (
+            api::ProviderState::CircuitOpen,
+            "error ratio over the breaker window".to_owned(),
+        ),
+        "cooling_down" => (
+            api::ProviderState::CoolingDown,
+            snapshot
+                .cooldown
+                .as_ref()
+                .map(|(_, reason)| reason.clone())
+                .unwrap_or_default(),
+        ),
+        _ => (api::ProviderState::Available, String::new()),
+    };
+    api::Provider {
+        name: provider.config.name.clone(),
+        kind: provider.config.kind.as_str().to_owned(),
+        base_url: provider.config.base_url.clone(),
+        state: state.into(),
+        tier: tier_to_api(provider.config.tier).into(),
+        trust: trust_to_api(provider.config.trust).into(),
+        cooldown_remaining: snapshot.cooldown.and_then(|(left, _)| duration(left)),
+        breaker: match snapshot.breaker {
+            Breaker::Closed => api::BreakerState::Closed,
+            Breaker::Open => api::BreakerState::Open,
+            Breaker::HalfOpen => api::BreakerState::HalfOpen,
+        }
+        .into(),
+        recent_latency: snapshot.recent_latency.and_then(duration),
+        in_flight: snapshot.in_flight,
+        max_concurrency: provider.config.max_concurrency,
+        requests: snapshot.requests,
+        failures: snapshot.failures,
+        state_reason: reason,
     }
 }

@@ -1,0 +1,991 @@
+//! The routing engine: walks a route's fallback chain for each request, within the route's
+//! tier and trust limits and budgets, with retries, cooldowns and circuit breaking, and
+//! records what every attempt did. Both front ends (gRPC and HTTP) call it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use futures_util::Stream;
+use rand::Rng as _;
+use serde_json::{Map, Value};
+
+use crate::accounting::{Charge, Ledger, estimate_tokens};
+use crate::config::{Config, Price, ProviderConfig, RouteConfig, Tier, Trust};
+use crate::credentials::CredentialSources;
+use crate::keys::KeyStore;
+use crate::metrics::{AttemptLabels, Metrics, ProviderLabels, RequestLabels, TokenLabels};
+use crate::provider_state::{Admission, ProviderState};
+use crate::upstream::{ChatReply, ChunkReader, Failure, StreamChunk, Upstream, with_model};
+
+/// The route embeddings use when a request names none.
+pub(crate) const DEFAULT_EMBED_ROUTE: &str = "embed";
+/// The route chat uses when a request names none.
+pub(crate) const DEFAULT_CHAT_ROUTE: &str = "default";
+
+/// What happened to one chain entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It answered.
+    Ok,
+    /// HTTP 429.
+    RateLimited,
+    /// HTTP 5xx.
+    ServerError,
+    /// A timeout.
+    Timeout,
+    /// Connecting failed or the connection broke.
+    ConnectionFailed,
+    /// Not a valid reply.
+    BadReply,
+    /// It refused the request (4xx).
+    Rejected,
+    /// Skipped without a round trip (cooling, open, drained, saturated, no credential).
+    Skipped,
+    /// Outside the route's tier or trust limits.
+    NotAllowed,
+}
+
+impl Outcome {
+    /// Metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::RateLimited => "rate_limited",
+            Self::ServerError => "server_error",
+            Self::Timeout => "timeout",
+            Self::ConnectionFailed => "connection_failed",
+            Self::BadReply => "bad_reply",
+            Self::Rejected => "rejected",
+            Self::Skipped => "skipped",
+            Self::NotAllowed => "not_allowed",
+        }
+    }
+
+    fn of(failure: &Failure) -> Self {
+        match failure {
+            Failure::RateLimited { .. } => Self::RateLimited,
+            Failure::ServerError { .. } => Self::ServerError,
+            Failure::Timeout(_) => Self::Timeout,
+            Failure::Connection(_) => Self::ConnectionFailed,
+            Failure::BadReply(_) => Self::BadReply,
+            Failure::Rejected { .. } => Self::Rejected,
+        }
+    }
+}
+
+/// One attempt in a reply's attempt chain.
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptRecord {
+    /// The provider.
+    pub(crate) provider: String,
+    /// The provider's model name.
+    pub(crate) model: String,
+    /// What happened.
+    pub(crate) outcome: Outcome,
+    /// Why, in words.
+    pub(crate) detail: String,
+    /// How long it took (zero when skipped).
+    pub(crate) latency: Duration,
+}
+
+/// Tokens and cost of a served request.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct UsageRecord {
+    /// Prompt tokens.
+    pub(crate) input_tokens: u64,
+    /// Generated tokens.
+    pub(crate) output_tokens: u64,
+    /// The router counted (estimated) them: the provider reported none.
+    pub(crate) counted: bool,
+    /// US dollars.
+    pub(crate) cost_usd: f64,
+}
+
+/// Who served a request and how.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Served {
+    /// The route.
+    pub(crate) route: String,
+    /// The serving provider ("" while none has).
+    pub(crate) provider: String,
+    /// Its model name.
+    pub(crate) model: String,
+    /// Every attempt, the serving one last.
+    pub(crate) attempts: Vec<AttemptRecord>,
+    /// Set once the request is complete.
+    pub(crate) usage: Option<UsageRecord>,
+}
+
+impl Served {
+    /// "groq ok 120 ms; local skipped ..." for headers and messages.
+    pub(crate) fn describe_attempts(&self) -> String {
+        self.attempts
+            .iter()
+            .map(|attempt| {
+                format!(
+                    "{}/{} {} {} ms{}",
+                    attempt.provider,
+                    attempt.model,
+                    attempt.outcome.label(),
+                    attempt.latency.as_millis(),
+                    if attempt.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", attempt.detail)
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Why a request was not served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum RouteError {
+    /// No such route.
+    #[error("{0}")]
+    UnknownRoute(String),
+    /// A budget is spent.
+    #[error("{0}")]
+    BudgetExhausted(String),
+    /// Every entry of the chain is outside the allowed tier or trust.
+    #[error("{message}")]
+    NotAllowed {
+        /// What was refused and why.
+        message: String,
+        /// The entries considered.
+        served: Box<Served>,
+    },
+    /// Every allowed entry failed or was skipped.
+    #[error("{message}")]
+    Exhausted {
+        /// Summary.
+        message: String,
+        /// The attempts.
+        served: Box<Served>,
+        /// Every tried provider refused the request itself (4xx).
+        rejected: bool,
+    },
+    /// The request itself is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+}
+
+impl RouteError {
+    /// The attempts made, if any.
+    pub(crate) fn served(&self) -> Option<&Served> {
+        match self {
+            Self::NotAllowed { served, .. } | Self::Exhausted { served, .. } => Some(served),
+            _ => None,
+        }
+    }
+
+    /// Metric label.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::UnknownRoute(_) => "unknown_route",
+            Self::BudgetExhausted(_) => "budget_exhausted",
+            Self::NotAllowed { .. } => "not_allowed",
+            Self::Exhausted { .. } => "exhausted",
+            Self::InvalidRequest(_) => "invalid_request",
+        }
+    }
+}
+
+/// A chat request as the engine sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct ChatCall {
+    /// Route name.
+    pub(crate) route: String,
+    /// Whom it is for.
+    pub(crate) principal: String,
+    /// The OpenAI request body without `model` and `stream`: `messages`, `max_tokens`, ...
+    pub(crate) fields: Map<String, Value>,
+    /// Tightens the route's tier ceiling.
+    pub(crate) max_tier: Option<Tier>,
+    /// Tightens the route's trust floor.
+    pub(crate) min_trust: Option<Trust>,
+}
+
+impl ChatCall {
+    fn prompt_length(&self) -> usize {
+        self.fields
+            .get("messages")
+            .and_then(Value::as_array)
+            .map_or(0, |messages| {
+                messages
+                    .iter()
+                    .map(|message| match message.get("content") {
+                        Some(Value::String(text)) => text.len(),
+                        Some(other) => other.to_string().len(),
+                        None => 0,
+                    })
+                    .sum()
+            })
+    }
+}
+
+/// One provider in one configuration generation.
+#[derive(Debug)]
+pub(crate) struct ProviderRuntime {
+    /// Its configuration.
+    pub(crate) config: ProviderConfig,
+    /// Its client; `None` when it cannot be used (the reason is in `problem`).
+    pub(crate) upstream: Option<Upstream>,
+    /// Why it cannot be used, e.g. a missing credential.
+    pub(crate) problem: Option<String>,
+    /// Live state, kept across reloads.
+    pub(crate) state: Arc<ProviderState>,
+}
+
+/// One configuration generation: replaced whole on reload, while requests in flight finish
+/// on the one they started with.
+#[derive(Debug)]
+pub(crate) struct Topology {
+    /// The configuration.
+    pub(crate) config: Config,
+    /// Providers by name.
+    pub(crate) providers: HashMap<String, Arc<ProviderRuntime>>,
+}
+
+impl Topology {
+    /// Builds the providers of `config`, keeping the live state of `previous` providers whose
+    /// name, address and concurrency are unchanged.
+    pub(crate) fn build(
+        config: Config,
+        previous: Option<&Self>,
+        credentials: &CredentialSources,
+    ) -> Self {
+        let mut providers = HashMap::new();
+        for provider in &config.providers {
+            let state = previous
+                .and_then(|previous| previous.providers.get(&provider.name))
+                .filter(|old| {
+                    old.config.base_url == provider.base_url
+                        && old.config.max_concurrency == provider.max_concurrency
+                })
+                .map_or_else(
+                    || Arc::new(ProviderState::new(provider.max_concurrency)),
+                    |old| Arc::clone(&old.state),
+                );
+            let credential = match &provider.credential {
+                None => Ok(None),
+                Some(name) => credentials.resolve(name).map(Some),
+            };
+            let (upstream, problem) =
+                match credential.and_then(|credential| Upstream::new(provider, credential)) {
+                    Ok(upstream) => (Some(upstream), None),
+                    Err(problem) => {
+                        tracing::warn!(provider = %provider.name, %problem, "provider unusable");
+                        (None, Some(problem))
+                    }
+                };
+            providers.insert(
+                provider.name.clone(),
+                Arc::new(ProviderRuntime {
+                    config: provider.clone(),
+                    upstream,
+                    problem,
+                    state,
+                }),
+            );
+        }
+        Self { config, providers }
+    }
+}
+
+/// A streamed reply whose first output has arrived, ready to be relayed.
+#[derive(Debug)]
+pub(crate) struct OpenedStream {
+    /// Who is serving it so far (usage not yet known).
+    pub(crate) served: Served,
+    /// Chunks up to the first with output.
+    pub(crate) first: Vec<StreamChunk>,
+    rest: ChunkReader,
+    admission: Admission,
+    provider: Arc<ProviderRuntime>,
+    topology: Arc<Topology>,
+    principal: String,
+    prompt_length: usize,
+    started: Instant,
+    opened_after: Duration,
+    upstream_time: Duration,
+}
+
+/// What a relayed stream yields.
+#[derive(Debug)]
+pub(crate) enum StreamItem {
+    /// A chunk from the provider.
+    Chunk(StreamChunk),
+    /// The answer is complete.
+    Finished {
+        /// Why it stopped.
+        finish_reason: String,
+        /// With usage.
+        served: Box<Served>,
+    },
+    /// The provider failed after output reached the client: the answer is incomplete.
+    Failed(String),
+}
+
+/// The engine shared by both front ends.
+#[derive(Debug)]
+pub(crate) struct Engine {
+    topology: ArcSwap<Topology>,
+    credentials: CredentialSources,
+    /// Usage and budgets.
+    pub(crate) ledger: Ledger,
+    /// HTTP bearer keys.
+    pub(crate) keys: KeyStore,
+    /// Metrics.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+struct Success<T> {
+    value: T,
+    admission: Admission,
+    provider: Arc<ProviderRuntime>,
+    served: Served,
+    upstream_time: Duration,
+}
+
+impl Engine {
+    /// An engine over `config`.
+    pub(crate) fn new(
+        config: Config,
+        credentials: CredentialSources,
+        ledger: Ledger,
+        keys: KeyStore,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let topology = Topology::build(config, None, &credentials);
+        let engine = Self {
+            topology: ArcSwap::from_pointee(topology),
+            credentials,
+            ledger,
+            keys,
+            metrics,
+        };
+        engine.update_state_metrics();
+        engine
+    }
+
+    /// The current configuration generation.
+    pub(crate) fn topology(&self) -> Arc<Topology> {
+        self.topology.load_full()
+    }
+
+    /// Switches to a new configuration; requests in flight finish on the old one.
+    pub(crate) fn apply(&self, config: Config) {
+        let previous = self.topology.load_full();
+        let next = Topology::build(config, Some(&previous), &self.credentials);
+        self.topology.store(Arc::new(next));
+        self.metrics.provider_state.clear();
+        self.update_state_metrics();
+    }
+
+    /// Refreshes the one-hot provider state gauges.
+    pub(crate) fn update_state_metrics(&self) {
+        let topology = self.topology.load();
+        for (name, provider) in &topology.providers {
+            let state = provider_state_label(provider);
+            for candidate in [
+                "available",
+                "cooling_down",
+                "circuit_open",
+                "drained",
+                "unusable",
+            ] {
+                self.metrics
+                    .provider_state
+                    .get_or_create(&crate::metrics::StateLabels {
+                        provider: name.clone(),
+                        state: candidate.to_owned(),
+                    })
+                    .set(i64::from(candidate == state));
+            }
+        }
+    }
+
+    fn route<'a>(&self, topology: &'a Topology, name: &str) -> Result<&'a RouteConfig, RouteError> {
+        topology
+            .config
+            .routes
+            .iter()
+            .find(|route| route.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = topology
+                    .config
+                    .routes
+                    .iter()
+                    .map(|route| route.name.as_str())
+                    .collect();
+                RouteError::UnknownRoute(if known.is_empty() {
+                    format!("no route {name:?}: no routes are configured")
+                } else {
+                    format!("no route {name:?}; routes: {}", known.join(", "))
+                })
+            })
+    }
+
+    /// Walks the chain of `route_name`, calling `attempt` on each eligible entry.
+    async fn run_chain<T, Attempt, Attempting>(
+        &self,
+        topology: &Topology,
+        route_name: &str,
+        principal: &str,
+        limits: (Option<Tier>, Option<Trust>),
+        mut attempt: Attempt,
+    ) -> Result<Success<T>, RouteError>
+    where
+        Attempt: FnMut(Upstream, String) -> Attempting,
+        Attempting: Future<Output = Result<T, Failure>>,
+    {
+        let route = self.route(topology, route_name)?;
+        self.ledger
+            .check(
+                &route.name,
+                route.daily_budget_usd,
+                principal,
+                topology.config.budgets.for_principal(principal),
+            )
+            .map_err(RouteError::BudgetExhausted)?;
+        let ceiling = limits
+            .0
+            .map_or(route.max_tier, |tier| tier.min(route.max_tier));
+        let floor = limits
+            .1
+            .map_or(route.min_trust, |trust| trust.max(route.min_trust));
+        let breaker = &topology.config.breaker;
+        let mut served = Served {
+            route: route.name.clone(),
+            ..Served::default()
+        };
+        let mut upstream_time = Duration::ZERO;
+        let mut tried_any = false;
+        let mut all_rejected = true;
+        for entry in &route.chain {
+            let Some(provider) = topology.providers.get(&entry.provider) else {
+                continue;
+            };
+            let model = provider.config.upstream_model(&entry.model).to_owned();
+            let mut record = |outcome: Outcome, detail: String, latency: Duration| {
+                self.metrics
+                    .attempts
+                    .get_or_create(&AttemptLabels {
+                        provider: provider.config.name.clone(),
+                        outcome: outcome.label().to_owned(),
+                    })
+                    .inc();
+                served.attempts.push(AttemptRecord {
+                    provider: provider.config.name.clone(),
+                    model: model.clone(),
+                    outcome,
+                    detail,
+                    latency,
+                });
+            };
+            if provider.config.tier > ceiling {
+                record(
+                    Outcome::NotAllowed,
+                    format!(
+                        "tier {} is above this request's ceiling {}",
+                        provider.config.tier.as_str(),
+                        ceiling.as_str()
+                    ),
+                    Duration::ZERO,
+                );
+                continue;
+            }
+            if provider.config.trust < floor {
+                record(
+                    Outcome::NotAllowed,
+                    format!(
+                        "trust {} is below this request's floor {}",
+                        provider.config.trust.as_str(),
+                        floor.as_str()
+                    ),
+                    Duration::ZERO,
+                );
+                continue;
+            }
+            let Some(upstream) = &provider.upstream else {
+                record(
+                    Outcome::Skipped,
+                    provider.problem.clone().unwrap_or_default(),
+                    Duration::ZERO,
+                );
+                continue;
+            };
+            for retry in 0..=route.retries {
+                let mut admission = match provider.state.admit(Instant::now()) {
+                    Ok(admission) => admission,
+                    Err(unavailable) => {
+                        record(Outcome::Skipped, unavailable.describe(), Duration::ZERO);
+                        break;
+                    }
+                };
+                tried_any = true;
+                let started = Instant::now();
+                let result = attempt(upstream.clone(), model.clone()).await;
+                let latency = started.elapsed();
+                upstream_time += latency;
+                match result {
+                    Ok(value) => {
+                        admission.succeeded(latency, breaker);
+                        record(Outcome::Ok, String::new(), latency);
+                        served.provider.clone_from(&provider.config.name);
+                        served.model.clone_from(&model);
+                        self.update_state_metrics();
+                        return Ok(Success {
+                            value,
+                            admission,
+                            provider: Arc::clone(provider),
+                            served,
+                            upstream_time,
+                        });
+                    }
+                    Err(failure) => {
+                        let detail = failure.describe();
+                        let cooldown = failure
+                            .cooldown(Duration::from_millis(breaker.cooldown_ms))
+                            .map(|duration| (duration, detail.clone()));
+                        admission.failed(failure.counts_against_provider(), cooldown, breaker);
+                        if !matches!(failure, Failure::Rejected { .. }) {
+                            all_rejected = false;
+                        }
+                        tracing::info!(
+                            route = %route.name,
+                            provider = %provider.config.name,
+                            %model,
+                            attempt = retry + 1,
+                            failure = %detail,
+                            "attempt failed"
+                        );
+                        record(Outcome::of(&failure), detail, latency);
+                        self.update_state_metrics();
+                        if !failure.worth_retrying() || retry == route.retries {
+                            break;
+                        }
+                        drop(admission);
+                        tokio::time::sleep(backoff(route.backoff_ms, retry)).await;
+                    }
+                }
+            }
+        }
+        let summary = served.describe_attempts();
+        if served
+            .attempts
+            .iter()
+            .all(|attempt| attempt.outcome == Outcome::NotAllowed)
+        {
+            return Err(RouteError::NotAllowed {
+                message: format!(
+                    "route {:?} has no provider within tier ≤ {} and trust ≥ {}; refusing to \
+                     escalate: {summary}",
+                    route.name,
+                    ceiling.as_str(),
+                    floor.as_str()
+                ),
+                served: Box::new(served),
+            });
+        }
+        Err(RouteError::Exhausted {
+            message: format!(
+                "route {:?}: no provider could serve the request: {summary}",
+                route.name
+            ),
+            served: Box::new(served),
+            rejected: tried_any && all_rejected,
+        })
+    }
+
+    fn finish(
+        &self,
+        served: &mut Served,
+        principal: &str,
+        provider: &ProviderConfig,
+        usage: (u64, u64, bool),
+    ) {
+        let (input_tokens, output_tokens, counted) = usage;
+        let price = provider
+            .price
+            .unwrap_or(Price::Named(crate::config::PriceName::Free));
+        let cost_usd = price.cost(input_tokens, output_tokens);
+        served.usage = Some(UsageRecord {
+            input_tokens,
+            output_tokens,
+            counted,
+            cost_usd,
+        });
+        self.ledger.charge(&Charge {
+            route: &served.route,
+            principal,
+            provider: &provider.name,
+            input_tokens,
+            output_tokens,
+            cost_usd,
+        });
+        for (direction, count) in [("input", input_tokens), ("output", output_tokens)] {
+            self.metrics
+                .tokens
+                .get_or_create(&TokenLabels {
+                    provider: provider.name.clone(),
+                    direction: direction.to_owned(),
+                })
+                .inc_by(count);
+        }
+        // Micro-dollars as an integer counter; the conversion rounds to the nearest.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let microdollars = (cost_usd * 1_000_000.0).round() as u64;
+        self.metrics
+            .cost_microdollars
+            .get_or_create(&ProviderLabels {
+                provider: provider.name.clone(),
+            })
+            .inc_by(microdollars);
+    }
+
+    /// Counts a finished request.
+    pub(crate) fn observe_request(
+        &self,
+        route: &str,
+        provider: &str,
+        outcome: &str,
+        elapsed: Duration,
+        overhead: Option<Duration>,
+    ) {
+        let labels = RequestLabels {
+            route: route.to_owned(),
+            provider: provider.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if let Some(overhead) = overhead {
+            self.metrics.observe_overhead(overhead);
+        }
+    }
+
+    /// A whole chat completion.
+    pub(crate) async fn chat(&self, call: ChatCall) -> Result<(ChatReply, Served), RouteError> {
+        let started = Instant::now();
+        let topology = self.topology();
+        let result = self
+            .run_chain(
+                &topology,
+                &call.route,
+                &call.principal,
+                (call.max_tier, call.min_trust),
+                |upstream, model| {
+                    let body = with_model(&call.fields, &model);
+                    async move { upstream.chat(&body).await }
+                },
+            )
+            .await;
+        match result {
+            Ok(success) => {
+                let Success {
+                    value: reply,
+                    provider,
+                    mut served,
+                    upstream_time,
+                    ..
+                } = success;
+                let usage = reply.usage.map_or_else(
+                    || {
+                        (
+                            estimate_tokens_of_length(call.prompt_length()),
+                            estimate_tokens(&reply.content),
+                            true,
+                        )
+                    },
+                    |(input, output)| (input, output, false),
+                );
+                self.finish(&mut served, &call.principal, &provider.config, usage);
+                let elapsed = started.elapsed();
+                self.observe_request(
+                    &served.route,
+                    &served.provider,
+                    "ok",
+                    elapsed,
+                    Some(elapsed.saturating_sub(upstream_time)),
+                );
+                Ok((reply, served))
+            }
+            Err(error) => {
+                self.observe_request(&call.route, "", error.label(), started.elapsed(), None);
+                Err(error)
+            }
+        }
+    }
+
+    /// Starts a streamed chat completion: fails over until a provider produces its first
+    /// output, then hands back the open stream.
+    pub(crate) async fn chat_stream(&self, call: ChatCall) -> Result<OpenedStream, RouteError> {
+        let started = Instant::now();
+        let topology = self.topology();
+        let mut fields = call.fields.clone();
+        fields.insert("stream".to_owned(), Value::Bool(true));
+        fields.insert(
+            "stream_options".to_owned(),
+            serde_json::json!({ "include_usage": true }),
+        );
+        let result = self
+            .run_chain(
+                &topology,
+                &call.route,
+                &call.principal,
+                (call.max_tier, call.min_trust),
+                |upstream, model| {
+                    let body = with_model(&fields, &model);
+                    async move { upstream.chat_stream(&body).await }
+                },
+            )
+            .await;
+        match result {
+            Ok(success) => {
+                let Success {
+                    value: open,
+                    admission,
+                    provider,
+                    served,
+                    upstream_time,
+                } = success;
+                self.metrics
+                    .time_to_first_token
+                    .get_or_create(&ProviderLabels {
+                        provider: provider.config.name.clone(),
+                    })
+                    .observe(open.time_to_first_token.as_secs_f64());
+                Ok(OpenedStream {
+                    served,
+                    first: open.first,
+                    rest: open.rest,
+                    admission,
+                    provider,
+                    topology: Arc::clone(&topology),
+                    principal: call.principal.clone(),
+                    prompt_length: call.prompt_length(),
+                    started,
+                    opened_after: started.elapsed(),
+                    upstream_time,
+                })
+            }
+            Err(error) => {
+                self.observe_request(&call.route, "", error.label(), started.elapsed(), None);
+                Err(error)
+            }
+        }
+    }
+
+    /// Relays an opened stream to its end: chunks, then `Finished` (charged) or `Failed`.
+    pub(crate) fn relay(
+        self: &Arc<Self>,
+        mut opened: OpenedStream,
+    ) -> impl Stream<Item = StreamItem> + use<> {
+        struct Relay {
+            engine: Arc<Engine>,
+            opened: OpenedStream,
+            pending: std::collections::VecDeque<StreamChunk>,
+            text_length: usize,
+            usage: Option<(u64, u64)>,
+            finish_reason: Option<String>,
+            done: bool,
+        }
+        let pending = opened.first.drain(..).collect();
+        let state = Relay {
+            engine: Arc::clone(self),
+            opened,
+            pending,
+            text_length: 0,
+            usage: None,
+            finish_reason: None,
+            done: false,
+        };
+        futures_util::stream::unfold(state, |mut relay| async move {
+            if relay.done {
+                return None;
+            }
+            let next = match relay.pending.pop_front() {
+                Some(chunk) => Ok(Some(chunk)),
+                None => relay.opened.rest.next().await,
+            };
+            match next {
+                Ok(Some(chunk)) => {
+                    relay.text_length += chunk.delta.len();
+                    if let Some(usage) = chunk.usage {
+                        relay.usage = Some(usage);
+                    }
+                    if let Some(reason) = &chunk.finish_reason {
+                        relay.finish_reason = Some(reason.clone());
+                    }
+                    Some((StreamItem::Chunk(chunk), relay))
+                }
+                Ok(None) => {
+                    relay.done = true;
+                    let engine = Arc::clone(&relay.engine);
+                    let opened = &mut relay.opened;
+                    let usage = relay.usage.map_or_else(
+                        || {
+                            (
+                                estimate_tokens_of_length(opened.prompt_length),
+                                estimate_tokens_of_length(relay.text_length),
+                                true,
+                            )
+                        },
+                        |(input, output)| (input, output, false),
+                    );
+                    let provider = Arc::clone(&opened.provider);
+                    let principal = opened.principal.clone();
+                    engine.finish(&mut opened.served, &principal, &provider.config, usage);
+                    // A stream's pace is the provider's; its overhead is measured up to the
+                    // first token, when the stream opened.
+                    let overhead = opened.opened_after.saturating_sub(opened.upstream_time);
+                    engine.observe_request(
+                        &opened.served.route,
+                        &opened.served.provider,
+                        "ok",
+                        opened.started.elapsed(),
+                        Some(overhead),
+                    );
+                    let finish_reason =
+                        relay.finish_reason.clone().unwrap_or_else(|| "stop".into());
+                    let served = Box::new(opened.served.clone());
+                    Some((
+                        StreamItem::Finished {
+                            finish_reason,
+                            served,
+                        },
+                        relay,
+                    ))
+                }
+                Err(failure) => {
+                    relay.done = true;
+                    let opened = &mut relay.opened;
+                    let breaker = opened.topology.config.breaker.clone();
+                    opened
+                        .admission
+                        .failed(failure.counts_against_provider(), None, &breaker);
+                    let message = format!(
+                        "provider {} failed after the answer had started ({}); the answer is \
+                         incomplete",
+                        opened.served.provider,
+                        failure.describe()
+                    );
+                    tracing::warn!(route = %opened.served.route, provider = %opened.served.provider, failure = %failure.describe(), "stream broke after its first token");
+                    relay.engine.observe_request(
+                        &opened.served.route,
+                        &opened.served.provider,
+                        "stream_broken",
+                        opened.started.elapsed(),
+                        None,
+                    );
+                    Some((StreamItem::Failed(message), relay))
+                }
+            }
+        })
+    }
+
+    /// Embeddings for `inputs` through `route`.
+    pub(crate) async fn embed(
+        &self,
+        route: &str,
+        principal: &str,
+        inputs: Vec<String>,
+    ) -> Result<(Vec<Vec<f32>>, Served), RouteError> {
+        if inputs.is_empty() {
+            return Err(RouteError::InvalidRequest("no inputs to embed".to_owned()));
+        }
+        let started = Instant::now();
+        let topology = self.topology();
+        let count = inputs.len();
+        let mut fields = Map::new();
+        fields.insert(
+            "input".to_owned(),
+            Value::Array(inputs.iter().cloned().map(Value::String).collect()),
+        );
+        let result = self
+            .run_chain(
+                &topology,
+                route,
+                principal,
+                (None, None),
+                |upstream, model| {
+                    let body = with_model(&fields, &model);
+                    async move { upstream.embed(&body, count).await }
+                },
+            )
+            .await;
+        match result {
+            Ok(success) => {
+                let Success {
+                    value: (vectors, reported),
+                    provider,
+                    mut served,
+                    upstream_time,
+                    ..
+                } = success;
+                let usage = reported.map_or_else(
+                    || {
+                        (
+                            inputs.iter().map(|input| estimate_tokens(input)).sum(),
+                            0,
+                            true,
+                        )
+                    },
+                    |input| (input, 0, false),
+                );
+                self.finish(&mut served, principal, &provider.config, usage);
+                let elapsed = started.elapsed();
+                self.observe_request(
+                    &served.route,
+                    &served.provider,
+                    "ok",
+                    elapsed,
+                    Some(elapsed.saturating_sub(upstream_time)),
+                );
+                Ok((vectors, served))
+            }
+            Err(error) => {
+                self.observe_request(route, "", error.label(), started.elapsed(), None);
+                Err(error)
+            }
+        }
+    }
+}
+
+fn estimate_tokens_of_length(length: usize) -> u64 {
+    (length as u64).div_ceil(4)
+}
+
+/// The state a provider is in, as a metric label.
+pub(crate) fn provider_state_label(provider: &ProviderRuntime) -> &'static str {
+    if provider.upstream.is_none() {
+        return "unusable";
+    }
+    let snapshot = provider.state.snapshot();
+    if snapshot.drained {
+        "drained"
+    } else if snapshot.breaker != crate::provider_state::Breaker::Closed {
+        "circuit_open"
+    } else if snapshot.cooldown.is_some() {
+        "cooling_down"
+    } else {
+        "available"
+    }
+}
+
+/// Exponential backoff with jitter: `base · 2^retry`, scaled by a random factor in [0.5, 1.5).
+fn backoff(base_ms: u64, retry: u32) -> Duration {
+    let exponential = base_ms.saturating_mul(1_u64 << retry.min(16));
+    let factor: f64 = rand::rng().random_range(0.5..1.5);
+    Duration::from_secs_f64(exponential as f64 / 1000.0 * factor)
+}
