@@ -106,6 +106,8 @@ impl Sandbox {
             .env("SYNOS_CONFIG_DIR", self.config_dir())
             .env("SYNOS_STATE_DIR", self.state_dir())
             .env("RUST_LOG", "info")
+            // Tests run in parallel: the router's HTTP endpoint takes a free port, not 7311.
+            .env("SYNOS_LLM_ROUTER_HTTP__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null());
         for variable in [
             "NOTIFY_SOCKET",

@@ -51,9 +51,6 @@ fn route(name: &str, chain: &[&str], extra: &str) -> String {
     )
 }
 
-/// The router's HTTP endpoint listens on a free port in tests.
-const HTTP_ANY_PORT: &str = "[http]\nlisten = \"127.0.0.1:0\"\n";
-
 struct Router {
     daemon: Daemon,
     client: RouterClient<Channel>,
@@ -709,7 +706,12 @@ async fn configuration_errors_name_the_key_and_the_reason() {
     ];
     for (text, expected) in cases {
         sandbox.write_config("llm-router", &text);
-        let (code, _, stderr) = output(sandbox.command("synos-llm-router").arg("--check-config"));
+        let (code, _, stderr) = output(
+            sandbox
+                .command("synos-llm-router")
+                .arg("--check-config")
+                .env_remove("SYNOS_LLM_ROUTER_HTTP__LISTEN"),
+        );
         assert_eq!(code, 78, "{text}\n{stderr}");
         assert!(
             stderr.contains(expected),
@@ -798,10 +800,8 @@ fn synosctl(sandbox: &Sandbox, arguments: &[&str]) -> (i32, String, String) {
 async fn the_http_endpoint_wants_a_valid_unrevoked_key_for_the_route() {
     let only = StandIn::start("a").await;
     let sandbox = Sandbox::new();
-    let config = String::from(HTTP_ANY_PORT)
-        + &provider("a", &only, "")
-        + &route("default", &["a"], "")
-        + &route("other", &["a"], "");
+    let config =
+        provider("a", &only, "") + &route("default", &["a"], "") + &route("other", &["a"], "");
     let router = start_router(&sandbox, &config).await;
     let base = router.http.clone().unwrap();
     let http = http_client().await;
@@ -946,10 +946,8 @@ async fn the_http_endpoint_wants_a_valid_unrevoked_key_for_the_route() {
 async fn the_http_endpoint_streams_sse_and_serves_embeddings() {
     let only = StandIn::start("a").await;
     let sandbox = Sandbox::new();
-    let config = String::from(HTTP_ANY_PORT)
-        + &provider("a", &only, "")
-        + &route("default", &["a"], "")
-        + &route("embed", &["a"], "");
+    let config =
+        provider("a", &only, "") + &route("default", &["a"], "") + &route("embed", &["a"], "");
     let router = start_router(&sandbox, &config).await;
     let base = router.http.clone().unwrap();
     let (_, stdout, _) = synosctl(&sandbox, &["llm", "keys", "create", "--principal", "bob"]);
