@@ -3,8 +3,11 @@
 # that is already there; needs root (or sudo) only when it must install a Debian package.
 #
 #   scripts/install-dependencies.sh              build and test: a C toolchain for linking
-#                                                (rustc links through cc) and
-#                                                systemd-socket-activate (package systemd)
+#                                                (rustc links through cc),
+#                                                systemd-socket-activate (package systemd), and
+#                                                Debian's python3 with a virtual environment of
+#                                                the pinned official openai client, which the
+#                                                router's tests run against its HTTP endpoint
 #   scripts/install-dependencies.sh packaging    also: cargo-deb (pinned), help2man, dpkg-dev,
 #                                                lintian, and debootstrap + systemd-nspawn for
 #                                                the system test
@@ -19,6 +22,7 @@ command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain 
 declare -A needed=(
   [cc]=gcc
   [systemd-socket-activate]=systemd
+  [python3]=python3
 )
 if [ "${1:-}" = packaging ]; then
   needed+=(
@@ -40,6 +44,10 @@ done
 if ! [ -e /usr/include/stdio.h ]; then
   missing+=(libc6-dev)
 fi
+# Debian's python3, whatever else is first on PATH; venv needs ensurepip (python3-venv).
+if ! [ -x /usr/bin/python3 ] || ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
@@ -55,4 +63,16 @@ fi
 if [ "${1:-}" = packaging ] && [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
   say "installing cargo-deb $CARGO_DEB_VERSION"
   cargo install --locked --quiet --version "$CARGO_DEB_VERSION" cargo-deb
+fi
+
+# The official openai Python client, pinned, for the router's compatibility test.
+python_environment="${XDG_CACHE_HOME:-$HOME/.cache}/synos/python"
+requirements="$REPO_ROOT/tests/python/requirements.txt"
+if ! [ -x "$python_environment/bin/python" ] ||
+  ! cmp -s "$requirements" "$python_environment/requirements.txt"; then
+  say "installing the pinned openai client into $python_environment"
+  rm -rf "$python_environment"
+  /usr/bin/python3 -m venv "$python_environment"
+  "$python_environment/bin/pip" install --quiet --disable-pip-version-check --requirement "$requirements"
+  cp "$requirements" "$python_environment/requirements.txt"
 fi

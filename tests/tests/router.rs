@@ -1351,3 +1351,71 @@ async fn under_load_no_request_fails_while_any_provider_lives() {
         error.message()
     );
 }
+
+/// The Python with the pinned official `openai` client: `$SYNOS_PYTHON`, else the virtual
+/// environment `scripts/install-dependencies.sh` makes.
+fn python_with_openai() -> std::path::PathBuf {
+    if let Some(python) = std::env::var_os("SYNOS_PYTHON") {
+        return python.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME").map_or_else(
+        || std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"),
+        std::path::PathBuf::from,
+    );
+    let python = cache.join("synos/python/bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/install-dependencies.sh (it installs the pinned openai client), \
+         or set SYNOS_PYTHON",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test]
+async fn the_official_openai_python_client_works_unmodified() {
+    let only = StandIn::start("a").await;
+    only.script(
+        [
+            Behaviour::Ok,
+            Behaviour::Ok,
+            Behaviour::Ok,
+            Behaviour::Ok,
+            Behaviour::DisconnectMidStream,
+        ],
+        Behaviour::Ok,
+    );
+    let sandbox = Sandbox::new();
+    let config =
+        provider("a", &only, "") + &route("default", &["a"], "") + &route("embed", &["a"], "");
+    let router = start_router(&sandbox, &config).await;
+    let (_, stdout, _) = synosctl(&sandbox, &["llm", "keys", "create", "--principal", "carol"]);
+    let key = stdout.lines().last().unwrap().trim().to_owned();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_client.py");
+    let base = router.http.clone().unwrap();
+    let run = tokio::task::spawn_blocking(move || {
+        output(
+            std::process::Command::new(python_with_openai())
+                .arg(script)
+                .arg(base)
+                .arg(key),
+        )
+    });
+    let (code, stdout, stderr) = run.await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["models"], serde_json::json!(["default", "embed"]));
+    assert_eq!(seen["content"], "reply from a");
+    assert_eq!(seen["usage"], serde_json::json!([11, 7]));
+    assert_eq!(seen["provider_header"], "a");
+    assert_eq!(seen["streamed"], "reply from a");
+    assert_eq!(seen["embedding"], serde_json::json!([2.0, 1.0, 0.5]));
+    assert!(
+        seen["broken_stream_error"]
+            .as_str()
+            .is_some_and(|message| message.contains("the answer is incomplete")),
+        "{seen}"
+    );
+    assert_eq!(seen["wrong_key"], 401);
+    assert_eq!(seen["unknown_route"], 404);
+}
