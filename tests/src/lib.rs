@@ -344,3 +344,16 @@ impl tonic::codec::Decoder for RawBytesCodec {
         Ok(Some(bytes::Buf::copy_to_bytes(source, length).to_vec()))
     }
 }
+
+/// The HTTP listener a daemon reports in `Admin.GetInfo`, e.g. "http://127.0.0.1:41234".
+pub async fn http_listener(socket: &Path) -> Option<String> {
+    use synos_proto::admin::v1::{GetInfoRequest, admin_client::AdminClient};
+    AdminClient::new(channel(socket).await)
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .listeners
+        .into_iter()
+        .find(|listener| listener.starts_with("http://"))
+}

@@ -37,6 +37,8 @@ pub enum Behaviour {
     SlowFirstToken(Duration),
     /// Streams two tokens, then drops the connection.
     DisconnectMidStream,
+    /// Streams two tokens, then sends nothing more, keeping the connection open.
+    StallMidStream,
     /// 200 with a body that is not JSON.
     MalformedJson,
     /// 200 with `text/html`.
@@ -320,6 +322,13 @@ async fn chat(State(script): State<Arc<Script>>, headers: HeaderMap, body: Bytes
                 Err(std::io::Error::other("stand-in drops the connection"))
             });
             sse(futures_util::StreamExt::chain(sent, broken))
+        }
+        Behaviour::StallMidStream => {
+            let events: Vec<String> = stream_events(&name, &model).into_iter().take(3).collect();
+            let sent =
+                futures_util::stream::iter(events.into_iter().map(|event| Ok(Bytes::from(event))));
+            let silence = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+            sse(futures_util::StreamExt::chain(sent, silence))
         }
         Behaviour::MalformedJson => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use nix::sys::signal::Signal;
 use synos_integration_tests::stand_in::{Behaviour, StandIn};
-use synos_integration_tests::{Daemon, Sandbox, channel, output};
+use synos_integration_tests::{Daemon, Sandbox, channel, http_listener, output};
 use synos_proto::llm::v1::router_client::RouterClient;
 use synos_proto::llm::v1::{
     AttemptOutcome, BreakerState, ChatMessage, ChatRequest, EmbedRequest, ListProvidersRequest,
@@ -62,17 +62,7 @@ async fn start_router(sandbox: &Sandbox, config: &str) -> Router {
     let daemon = sandbox.start("llm-router").await;
     let socket = sandbox.socket("llm-router");
     let client = RouterClient::new(channel(&socket).await);
-    use synos_proto::admin::v1::{GetInfoRequest, admin_client::AdminClient};
-    let info = AdminClient::new(channel(&socket).await)
-        .get_info(GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let http = info
-        .listeners
-        .iter()
-        .find(|listener| listener.starts_with("http://"))
-        .cloned();
+    let http = http_listener(&socket).await;
     Router {
         daemon,
         client,
@@ -89,6 +79,17 @@ fn ask(route: &str) -> ChatRequest {
         }],
         ..ChatRequest::default()
     }
+}
+
+/// Asks the default route and returns who served the answer; panics on an error.
+async fn chat_served(client: &mut RouterClient<Channel>) -> synos_proto::llm::v1::Served {
+    client
+        .chat(ask(""))
+        .await
+        .unwrap()
+        .into_inner()
+        .served
+        .unwrap()
 }
 
 fn outcomes(served: &synos_proto::llm::v1::Served) -> Vec<(String, AttemptOutcome)> {
@@ -181,14 +182,7 @@ async fn retry_after_as_an_http_date_is_honoured() {
         + &provider("b", &second, "")
         + &route("default", &["a", "b"], "");
     let mut router = start_router(&sandbox, &config).await;
-    let served = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut router.client).await;
     assert_eq!(
         outcomes(&served),
         [
@@ -221,14 +215,7 @@ async fn a_burst_of_server_errors_opens_the_breaker_and_one_probe_closes_it() {
     let mut router = start_router(&sandbox, &config).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let served = router
-            .client
-            .chat(ask(""))
-            .await
-            .unwrap()
-            .into_inner()
-            .served
-            .unwrap();
+        let served = chat_served(&mut router.client).await;
         assert_eq!(served.provider, "b");
         assert_eq!(served.attempts[0].outcome(), AttemptOutcome::ServerError);
     }
@@ -237,14 +224,7 @@ async fn a_burst_of_server_errors_opens_the_breaker_and_one_probe_closes_it() {
     assert_eq!(listed[0].breaker(), BreakerState::Open);
     // Open: skipped without a round trip.
     for _ in 0..5 {
-        let served = router
-            .client
-            .chat(ask(""))
-            .await
-            .unwrap()
-            .into_inner()
-            .served
-            .unwrap();
+        let served = chat_served(&mut router.client).await;
         assert_eq!(served.attempts[0].outcome(), AttemptOutcome::Skipped);
         assert!(
             served.attempts[0].detail.starts_with("circuit open"),
@@ -260,14 +240,7 @@ async fn a_burst_of_server_errors_opens_the_breaker_and_one_probe_closes_it() {
         providers(&mut router.client).await[0].breaker(),
         BreakerState::HalfOpen
     );
-    let served = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut router.client).await;
     assert_eq!(outcomes(&served), [pair("a", AttemptOutcome::Ok)]);
     assert_eq!(
         providers(&mut router.client).await[0].breaker(),
@@ -286,14 +259,7 @@ async fn a_provider_that_hangs_before_headers_is_abandoned_at_the_first_token_ti
         + &route("default", &["a", "b"], "");
     let mut router = start_router(&sandbox, &config).await;
     let started = Instant::now();
-    let served = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut router.client).await;
     let elapsed = started.elapsed();
     assert_eq!(
         outcomes(&served),
@@ -425,14 +391,7 @@ async fn malformed_mistyped_and_oversized_replies_fail_over_with_the_reason() {
         first.script([behaviour.clone()], Behaviour::Ok);
         // Each failure cools or counts; restore so the next case reaches the provider.
         restore(&mut router.client, "a").await;
-        let served = router
-            .client
-            .chat(ask(""))
-            .await
-            .unwrap()
-            .into_inner()
-            .served
-            .unwrap();
+        let served = chat_served(&mut router.client).await;
         assert_eq!(served.provider, "b", "{behaviour:?}");
         assert!(
             served.attempts[0].detail.contains(reason),
@@ -464,14 +423,7 @@ async fn a_slow_trickle_is_cut_by_the_total_timeout() {
         + &route("default", &["a", "b"], "");
     let mut router = start_router(&sandbox, &config).await;
     let started = Instant::now();
-    let served = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut router.client).await;
     let elapsed = started.elapsed();
     assert_eq!(
         outcomes(&served),
@@ -492,6 +444,41 @@ async fn a_slow_trickle_is_cut_by_the_total_timeout() {
 }
 
 #[tokio::test]
+async fn a_stream_that_falls_silent_after_its_first_token_is_cut_by_the_idle_timeout() {
+    let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
+    first.script([], Behaviour::StallMidStream);
+    let sandbox = Sandbox::new();
+    let config = provider("a", &first, "").replace("idle_ms = 2000", "idle_ms = 300")
+        + &provider("b", &second, "")
+        + &route("default", &["a", "b"], "");
+    let mut router = start_router(&sandbox, &config).await;
+    let started = Instant::now();
+    let (events, error) = stream(&mut router.client, ask("")).await;
+    let elapsed = started.elapsed();
+    let error =
+        error.unwrap_or_else(|| panic!("a stalled stream must end with an error: {events:?}"));
+    assert_eq!(error.code(), Code::Unavailable);
+    assert!(
+        error
+            .message()
+            .contains("no data for the idle timeout of 0.3 s")
+            && error.message().contains("the answer is incomplete"),
+        "{}",
+        error.message()
+    );
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event, chat_stream_event::Event::Delta(_)))
+    );
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    assert_eq!(second.count(), 0, "no failover after the first byte");
+}
+
+#[tokio::test]
 async fn transient_failures_are_retried_on_the_same_entry_with_backoff() {
     let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
     first.script([Behaviour::MalformedJson], Behaviour::Ok);
@@ -500,14 +487,7 @@ async fn transient_failures_are_retried_on_the_same_entry_with_backoff() {
         + &provider("b", &second, "")
         + &route("default", &["a", "b"], "").replace("retries = 0", "retries = 2");
     let mut router = start_router(&sandbox, &config).await;
-    let served = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut router.client).await;
     assert_eq!(
         outcomes(&served),
         [
@@ -577,14 +557,7 @@ async fn route_and_principal_budgets_refuse_once_spent() {
         + &route("default", &["a"], "daily_budget_usd = 0.00004")
         + &route("other", &["a"], "");
     let mut router = start_router(&sandbox, &config).await;
-    let served = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut router.client).await;
     let usage = served.usage.unwrap();
     assert_eq!((usage.input_tokens, usage.output_tokens), (11, 7));
     assert!((usage.cost_usd - 0.000_025).abs() < 1e-12, "{usage:?}");
@@ -740,13 +713,7 @@ async fn credentials_come_from_the_credentials_directory_then_the_environment_an
         .start_with("llm-router", command, &sandbox.socket("llm-router"))
         .await;
     let mut client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
-    let served = client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut client).await;
     assert_eq!(
         outcomes(&served),
         [
@@ -766,13 +733,7 @@ async fn credentials_come_from_the_credentials_directory_then_the_environment_an
         Some("Bearer sk-from-systemd-credential")
     );
     first.script([], Behaviour::Status(401, None));
-    let served = client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut client).await;
     assert_eq!(served.provider, "b");
     assert_eq!(
         second.received()[0].authorization.as_deref(),
@@ -1110,16 +1071,7 @@ async fn usage_is_counted_and_marked_when_the_provider_reports_none() {
     let sandbox = Sandbox::new();
     let config = provider("a", &only, "") + &route("default", &["a"], "");
     let mut router = start_router(&sandbox, &config).await;
-    let usage = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap()
-        .usage
-        .unwrap();
+    let usage = chat_served(&mut router.client).await.usage.unwrap();
     // "hello there" is 11 bytes, "reply from a" 12: about four bytes a token.
     assert_eq!(
         (usage.input_tokens, usage.output_tokens, usage.counted),
@@ -1151,14 +1103,7 @@ async fn operators_drain_cool_and_restore_providers() {
         .unwrap()
         .into_inner();
     assert_eq!(drained.state(), ProviderState::Drained);
-    let served = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut router.client).await;
     assert_eq!(served.attempts[0].detail, "drained");
     router
         .client
@@ -1177,14 +1122,7 @@ async fn operators_drain_cool_and_restore_providers() {
         .set_provider_state(set(ProviderAction::Restore))
         .await
         .unwrap();
-    let served = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut router.client).await;
     assert_eq!(served.provider, "a");
     let error = router
         .client
@@ -1221,14 +1159,7 @@ async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(
     assert_eq!(reply.served.unwrap().provider, "b");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let served = router
-            .client
-            .chat(ask(""))
-            .await
-            .unwrap()
-            .into_inner()
-            .served
-            .unwrap();
+        let served = chat_served(&mut router.client).await;
         if served.provider == "a" {
             break;
         }
@@ -1238,14 +1169,7 @@ async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(
     sandbox.write_config("llm-router", "[[provider]]\nname = \"broken\"\n");
     router.daemon.signal(Signal::SIGHUP);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let served = router
-        .client
-        .chat(ask(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .served
-        .unwrap();
+    let served = chat_served(&mut router.client).await;
     assert_eq!(served.provider, "a", "the running configuration was kept");
     let log = router.daemon.log();
     assert!(

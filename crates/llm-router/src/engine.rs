@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use futures_util::Stream;
 use rand::Rng as _;
 use serde_json::{Map, Value};
+use synos_common::error::ErrorKind;
 
 use crate::accounting::{Charge, Ledger, estimate_tokens};
 use crate::config::{Config, Price, ProviderConfig, RouteConfig, Tier, Trust};
@@ -181,6 +182,19 @@ impl RouteError {
         match self {
             Self::NotAllowed { served, .. } | Self::Exhausted { served, .. } => Some(served),
             _ => None,
+        }
+    }
+
+    /// The kind of failure, which the gRPC front end turns into a status code.
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            Self::UnknownRoute(_) => ErrorKind::NotFound,
+            Self::BudgetExhausted(_) => ErrorKind::ResourceExhausted,
+            Self::NotAllowed { .. } => ErrorKind::FailedPrecondition,
+            Self::Exhausted { rejected: true, .. } | Self::InvalidRequest(_) => {
+                ErrorKind::InvalidArgument
+            }
+            Self::Exhausted { .. } => ErrorKind::Unavailable,
         }
     }
 
@@ -540,7 +554,11 @@ impl Engine {
                         record(Outcome::Ok, String::new(), latency);
                         served.provider.clone_from(&provider.config.name);
                         served.model.clone_from(&model);
-                        self.update_state_metrics();
+                        // A success changes no state gauge except a closed probe, which the
+                        // periodic refresh picks up; the hot path stays free of it.
+                        if admission.probe {
+                            self.update_state_metrics();
+                        }
                         return Ok(Success {
                             value,
                             admission,
@@ -674,42 +692,33 @@ impl Engine {
         }
     }
 
-    /// A whole chat completion.
-    pub(crate) async fn chat(&self, call: ChatCall) -> Result<(ChatReply, Served), RouteError> {
+    /// Walks `route` for a request answered whole, then charges and counts it.
+    async fn complete<T, Attempt, Attempting>(
+        &self,
+        route: &str,
+        principal: &str,
+        limits: (Option<Tier>, Option<Trust>),
+        attempt: Attempt,
+        usage_of: impl FnOnce(&T) -> (u64, u64, bool),
+    ) -> Result<(T, Served), RouteError>
+    where
+        Attempt: FnMut(Upstream, String) -> Attempting,
+        Attempting: Future<Output = Result<T, Failure>>,
+    {
         let started = Instant::now();
         let topology = self.topology();
-        let result = self
-            .run_chain(
-                &topology,
-                &call.route,
-                &call.principal,
-                (call.max_tier, call.min_trust),
-                |upstream, model| {
-                    let body = with_model(&call.fields, &model);
-                    async move { upstream.chat(&body).await }
-                },
-            )
-            .await;
-        match result {
-            Ok(success) => {
-                let Success {
-                    value: reply,
-                    provider,
-                    mut served,
-                    upstream_time,
-                    ..
-                } = success;
-                let usage = reply.usage.map_or_else(
-                    || {
-                        (
-                            estimate_tokens_of_length(call.prompt_length()),
-                            estimate_tokens(&reply.content),
-                            true,
-                        )
-                    },
-                    |(input, output)| (input, output, false),
-                );
-                self.finish(&mut served, &call.principal, &provider.config, usage);
+        match self
+            .run_chain(&topology, route, principal, limits, attempt)
+            .await
+        {
+            Ok(Success {
+                value,
+                provider,
+                mut served,
+                upstream_time,
+                ..
+            }) => {
+                self.finish(&mut served, principal, &provider.config, usage_of(&value));
                 let elapsed = started.elapsed();
                 self.observe_request(
                     &served.route,
@@ -718,13 +727,40 @@ impl Engine {
                     elapsed,
                     Some(elapsed.saturating_sub(upstream_time)),
                 );
-                Ok((reply, served))
+                Ok((value, served))
             }
             Err(error) => {
-                self.observe_request(&call.route, "", error.label(), started.elapsed(), None);
+                self.observe_request(route, "", error.label(), started.elapsed(), None);
                 Err(error)
             }
         }
+    }
+
+    /// A whole chat completion.
+    pub(crate) async fn chat(&self, call: ChatCall) -> Result<(ChatReply, Served), RouteError> {
+        let prompt_length = call.prompt_length();
+        self.complete(
+            &call.route,
+            &call.principal,
+            (call.max_tier, call.min_trust),
+            |upstream, model| {
+                let body = with_model(&call.fields, &model);
+                async move { upstream.chat(&body).await }
+            },
+            |reply: &ChatReply| {
+                reply.usage.map_or_else(
+                    || {
+                        (
+                            estimate_tokens_of_length(prompt_length),
+                            estimate_tokens(&reply.content),
+                            true,
+                        )
+                    },
+                    |(input, output)| (input, output, false),
+                )
+            },
+        )
+        .await
     }
 
     /// Starts a streamed chat completion: fails over until a provider produces its first
@@ -904,17 +940,15 @@ impl Engine {
         if inputs.is_empty() {
             return Err(RouteError::InvalidRequest("no inputs to embed".to_owned()));
         }
-        let started = Instant::now();
-        let topology = self.topology();
         let count = inputs.len();
+        let estimated: u64 = inputs.iter().map(|input| estimate_tokens(input)).sum();
         let mut fields = Map::new();
         fields.insert(
             "input".to_owned(),
-            Value::Array(inputs.iter().cloned().map(Value::String).collect()),
+            Value::Array(inputs.into_iter().map(Value::String).collect()),
         );
-        let result = self
-            .run_chain(
-                &topology,
+        let ((vectors, _), served) = self
+            .complete(
                 route,
                 principal,
                 (None, None),
@@ -922,43 +956,12 @@ impl Engine {
                     let body = with_model(&fields, &model);
                     async move { upstream.embed(&body, count).await }
                 },
+                |(_, reported): &(Vec<Vec<f32>>, Option<u64>)| {
+                    reported.map_or((estimated, 0, true), |input| (input, 0, false))
+                },
             )
-            .await;
-        match result {
-            Ok(success) => {
-                let Success {
-                    value: (vectors, reported),
-                    provider,
-                    mut served,
-                    upstream_time,
-                    ..
-                } = success;
-                let usage = reported.map_or_else(
-                    || {
-                        (
-                            inputs.iter().map(|input| estimate_tokens(input)).sum(),
-                            0,
-                            true,
-                        )
-                    },
-                    |input| (input, 0, false),
-                );
-                self.finish(&mut served, principal, &provider.config, usage);
-                let elapsed = started.elapsed();
-                self.observe_request(
-                    &served.route,
-                    &served.provider,
-                    "ok",
-                    elapsed,
-                    Some(elapsed.saturating_sub(upstream_time)),
-                );
-                Ok((vectors, served))
-            }
-            Err(error) => {
-                self.observe_request(route, "", error.label(), started.elapsed(), None);
-                Err(error)
-            }
-        }
+            .await?;
+        Ok((vectors, served))
     }
 }
 

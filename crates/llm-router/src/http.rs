@@ -154,6 +154,18 @@ impl HttpState {
         }
     }
 
+    /// Authenticates a request and reads its body and route: everything before routing.
+    fn admit(
+        &self,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<(KeyRecord, Map<String, Value>, String), Response> {
+        let key = self.authenticate(headers)?;
+        let fields = self.body(body)?;
+        let route = self.route(&fields, &key)?;
+        Ok((key, fields, route))
+    }
+
     /// The route the `model` field names, if the key may use it.
     fn route(&self, fields: &Map<String, Value>, key: &KeyRecord) -> Result<String, Response> {
         let Some(Value::String(route)) = fields.get("model") else {
@@ -249,16 +261,8 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let key = match state.authenticate(&headers) {
-        Ok(key) => key,
-        Err(response) => return response,
-    };
-    let mut fields = match state.body(body) {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
-    let route = match state.route(&fields, &key) {
-        Ok(route) => route,
+    let (key, mut fields, route) = match state.admit(&headers, body) {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     if fields
@@ -348,16 +352,8 @@ async fn embeddings(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let key = match state.authenticate(&headers) {
-        Ok(key) => key,
-        Err(response) => return response,
-    };
-    let fields = match state.body(body) {
-        Ok(fields) => fields,
-        Err(response) => return response,
-    };
-    let route = match state.route(&fields, &key) {
-        Ok(route) => route,
+    let (key, fields, route) = match state.admit(&headers, body) {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     let inputs: Vec<String> = match fields.get("input") {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt as _};
 use serde_json::{Map, Value};
+use synos_common::error::{ErrorKind, ServiceError};
 use synos_proto::llm::v1 as api;
 use synos_proto::llm::v1::router_server::Router;
 use tonic::{Request, Response, Status};
@@ -33,7 +34,7 @@ impl RouterService {
 
     fn invalid(&self, message: String) -> Status {
         self.engine.metrics.invalid_requests.inc();
-        Status::invalid_argument(message)
+        ServiceError::invalid_argument(message).into()
     }
 
     fn chat_call(&self, request: api::ChatRequest) -> Result<ChatCall, Status> {
@@ -91,16 +92,7 @@ fn non_empty_or(value: String, default: &str) -> String {
 
 /// The gRPC status for a routing failure.
 pub(crate) fn route_status(error: &RouteError) -> Status {
-    let message = error.to_string();
-    match error {
-        RouteError::UnknownRoute(_) => Status::not_found(message),
-        RouteError::BudgetExhausted(_) => Status::resource_exhausted(message),
-        RouteError::NotAllowed { .. } => Status::failed_precondition(message),
-        RouteError::Exhausted { rejected: true, .. } | RouteError::InvalidRequest(_) => {
-            Status::invalid_argument(message)
-        }
-        RouteError::Exhausted { .. } => Status::unavailable(message),
-    }
+    ServiceError::new(error.kind(), error.to_string()).into()
 }
 
 fn tier_from_api(value: i32) -> Result<Option<Tier>, String> {
@@ -238,7 +230,11 @@ impl Router for RouterService {
                     })),
                 })),
                 // An explicit error, never a silently truncated answer.
-                StreamItem::Failed(message) => Some(Err(Status::unavailable(message))),
+                StreamItem::Failed(message) => {
+                    Some(Err(
+                        ServiceError::new(ErrorKind::Unavailable, message).into()
+                    ))
+                }
             }
         });
         let stream = futures_util::stream::once(async { Ok(started) }).chain(relayed);
@@ -290,10 +286,12 @@ impl Router for RouterService {
     ) -> Result<Response<api::Provider>, Status> {
         let request = request.into_inner();
         let topology = self.engine.topology();
-        let provider = topology
-            .providers
-            .get(&request.name)
-            .ok_or_else(|| Status::not_found(format!("no provider {:?}", request.name)))?;
+        let provider = topology.providers.get(&request.name).ok_or_else(|| {
+            ServiceError::new(
+                ErrorKind::NotFound,
+                format!("no provider {:?}", request.name),
+            )
+        })?;
         match api::ProviderAction::try_from(request.action) {
             Ok(api::ProviderAction::Drain) => provider.state.set_drained(true),
             Ok(api::ProviderAction::Cool) => {
@@ -404,7 +402,10 @@ impl Router for RouterService {
             .keys
             .create(&request.principal, request.routes)
             .map_err(|error| {
-                Status::failed_precondition(format!("cannot store the key: {error}"))
+                ServiceError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!("cannot store the key: {error}"),
+                )
             })?;
         tracing::info!(id = %record.id, principal = %record.principal, "HTTP key created");
         Ok(Response::new(api::CreateKeyResponse {
@@ -432,10 +433,14 @@ impl Router for RouterService {
                 tracing::info!(%id, "HTTP key revoked");
                 Ok(Response::new(api::RevokeKeyResponse {}))
             }
-            Ok(false) => Err(Status::not_found(format!("no key {id:?}"))),
-            Err(error) => Err(Status::failed_precondition(format!(
-                "cannot store the change: {error}"
-            ))),
+            Ok(false) => {
+                Err(ServiceError::new(ErrorKind::NotFound, format!("no key {id:?}")).into())
+            }
+            Err(error) => Err(ServiceError::new(
+                ErrorKind::FailedPrecondition,
+                format!("cannot store the change: {error}"),
+            )
+            .into()),
         }
     }
 }

@@ -1,0 +1,274 @@
+//! Router overhead benchmark: the latency the router adds to a chat completion, over its
+//! OpenAI-compatible HTTP endpoint and over gRPC, against calling the stand-in provider directly
+//! (the baseline, measured in the same run), at a fixed concurrency and request rate; then the
+//! most it sustains unpaced; and the router's resident memory idle and after the load.
+//!
+//! Run with `cargo build --release --bins && cargo bench -p synos-integration-tests --bench router_overhead`.
+//! `ROUTER_BENCH_RATE` (requests per second, default 2000), `ROUTER_BENCH_CONCURRENCY`
+//! (default 16) and `ROUTER_BENCH_SECONDS` (per phase, default 5) change the load.
+#![allow(
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    clippy::cast_precision_loss,
+    reason = "a benchmark binary: it prints figures and panics on a broken setup"
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use synos_integration_tests::stand_in::StandIn;
+use synos_integration_tests::{Sandbox, channel, http_listener};
+use synos_proto::llm::v1::router_client::RouterClient;
+use synos_proto::llm::v1::{ChatMessage, ChatRequest};
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn resident_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Latencies of one phase, and how long it took.
+struct Phase {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    failures: usize,
+}
+
+impl Phase {
+    fn percentile(&self, fraction: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+        sorted[index]
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn milliseconds(duration: Duration) -> String {
+    format!("{:.3} ms", duration.as_secs_f64() * 1000.0)
+}
+
+/// Runs `concurrency` workers for `seconds`, each pacing itself to `rate / concurrency` requests
+/// per second (`rate` 0: as fast as they can), calling `request`.
+async fn load<Request, Requesting>(
+    concurrency: u64,
+    rate: u64,
+    seconds: u64,
+    request: Request,
+) -> Phase
+where
+    Request: Fn() -> Requesting + Send + Sync + 'static,
+    Requesting: Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let interval = (rate > 0).then(|| Duration::from_secs_f64(concurrency as f64 / rate as f64));
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let request = Arc::clone(&request);
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0;
+            // Workers start spread over one interval so requests arrive evenly.
+            let mut next = started
+                + interval.map_or(Duration::ZERO, |interval| {
+                    interval.mul_f64(worker as f64 / concurrency as f64)
+                });
+            while Instant::now() < deadline {
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += interval;
+                }
+                let sent = Instant::now();
+                if request().await {
+                    latencies.push(sent.elapsed());
+                } else {
+                    failures += 1;
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut phase = Phase {
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+        failures: 0,
+    };
+    for worker in workers {
+        let (latencies, failures) = worker.await.unwrap();
+        phase.latencies.extend(latencies);
+        phase.failures += failures;
+    }
+    phase.elapsed = started.elapsed();
+    phase
+}
+
+fn chat_body(model: &str) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [{ "role": "user", "content": "hello there" }],
+    })
+    .to_string()
+}
+
+async fn http_phase(
+    url: String,
+    key: Option<String>,
+    body: String,
+    concurrency: u64,
+    rate: u64,
+    seconds: u64,
+) -> Phase {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency as usize)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    load(concurrency, rate, seconds, move || {
+        let mut request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(key) = &key {
+            request = request.bearer_auth(key);
+        }
+        async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => response.bytes().await.is_ok(),
+                _ => false,
+            }
+        }
+    })
+    .await
+}
+
+async fn grpc_phase(
+    client: RouterClient<tonic::transport::Channel>,
+    concurrency: u64,
+    rate: u64,
+    seconds: u64,
+) -> Phase {
+    let request = ChatRequest {
+        route: "default".into(),
+        messages: vec![ChatMessage {
+            role: "user".into(),
+            content: "hello there".into(),
+        }],
+        ..ChatRequest::default()
+    };
+    load(concurrency, rate, seconds, move || {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.chat(request).await.is_ok() }
+    })
+    .await
+}
+
+fn report(name: &str, phase: &Phase, baseline: Option<&Phase>) {
+    let (p50, p99) = (phase.percentile(0.50), phase.percentile(0.99));
+    let overhead = baseline.map_or_else(String::new, |baseline| {
+        format!(
+            "  overhead p50 {}  p99 {}",
+            milliseconds(p50.saturating_sub(baseline.percentile(0.50))),
+            milliseconds(p99.saturating_sub(baseline.percentile(0.99)))
+        )
+    });
+    println!(
+        "{name:<24} {:>7.0} req/s  p50 {}  p99 {}  failed {}{overhead}",
+        phase.throughput(),
+        milliseconds(p50),
+        milliseconds(p99),
+        phase.failures
+    );
+}
+
+fn main() {
+    let rate = setting("ROUTER_BENCH_RATE", 2000);
+    let concurrency = setting("ROUTER_BENCH_CONCURRENCY", 16);
+    let seconds = setting("ROUTER_BENCH_SECONDS", 5);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let stand_in = StandIn::start("provider").await;
+        let sandbox = Sandbox::new();
+        sandbox.write_config(
+            "llm-router",
+            &format!(
+                "[log]\nfilter = \"warn\"\n\n[[provider]]\nname = \"provider\"\nkind = \"openai\"\n\
+                 base_url = \"{}\"\ntier = \"cheap\"\ntrust = \"external\"\n\
+                 price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}\nmax_concurrency = 256\n\n\
+                 [[route]]\nname = \"default\"\nchain = [{{ provider = \"provider\", model = \"m\" }}]\n",
+                stand_in.base_url()
+            ),
+        );
+        let mut command = sandbox.command("synos-llm-router");
+        command.env("RUST_LOG", "warn");
+        let router = sandbox
+            .start_with("llm-router", command, &sandbox.socket("llm-router"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle_kib = resident_kib(router.pid(), "VmRSS:");
+        let socket = sandbox.socket("llm-router");
+        let grpc = RouterClient::new(channel(&socket).await);
+        let http = http_listener(&socket).await.unwrap();
+        let mut keys = grpc.clone();
+        let key = keys
+            .create_key(synos_proto::llm::v1::CreateKeyRequest {
+                principal: "bench".into(),
+                routes: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .key;
+
+        println!(
+            "router overhead: {concurrency} concurrent clients, {rate} req/s paced, {seconds} s per phase, \
+             2 client threads, stand-in provider answering at once"
+        );
+        let direct_url = format!("{}/chat/completions", stand_in.base_url());
+        let router_url = format!("{http}/v1/chat/completions");
+        // Warm-up: connections, caches, the allocator.
+        http_phase(router_url.clone(), Some(key.clone()), chat_body("default"), concurrency, rate, 1).await;
+        grpc_phase(grpc.clone(), concurrency, rate, 1).await;
+
+        let direct = http_phase(direct_url.clone(), None, chat_body("m"), concurrency, rate, seconds).await;
+        let via_http = http_phase(router_url.clone(), Some(key.clone()), chat_body("default"), concurrency, rate, seconds).await;
+        let via_grpc = grpc_phase(grpc.clone(), concurrency, rate, seconds).await;
+        report("direct to provider", &direct, None);
+        report("router, HTTP", &via_http, Some(&direct));
+        report("router, gRPC", &via_grpc, Some(&direct));
+
+        println!("unpaced ({concurrency} concurrent clients, as fast as they go):");
+        let direct = http_phase(direct_url, None, chat_body("m"), concurrency, 0, seconds).await;
+        let via_http = http_phase(router_url, Some(key), chat_body("default"), concurrency, 0, seconds).await;
+        let via_grpc = grpc_phase(grpc, concurrency, 0, seconds).await;
+        report("direct to provider", &direct, None);
+        report("router, HTTP", &via_http, Some(&direct));
+        report("router, gRPC", &via_grpc, Some(&direct));
+
+        println!(
+            "router memory: idle {:.1} MiB, after the load {:.1} MiB, peak {:.1} MiB",
+            idle_kib as f64 / 1024.0,
+            resident_kib(router.pid(), "VmRSS:") as f64 / 1024.0,
+            resident_kib(router.pid(), "VmHWM:") as f64 / 1024.0
+        );
+    });
+}
