@@ -5,7 +5,9 @@
 //!
 //! Run with `cargo build --release --bins && cargo bench -p synos-integration-tests --bench router_overhead`.
 //! `ROUTER_BENCH_RATE` (requests per second, default 2000), `ROUTER_BENCH_CONCURRENCY`
-//! (default 16) and `ROUTER_BENCH_SECONDS` (per phase, default 5) change the load.
+//! (default 16) and `ROUTER_BENCH_SECONDS` (per phase, default 5) change the load;
+//! `ROUTER_BENCH_CLIENT_THREADS` (default 2) the threads of the clients and the stand-in, and
+//! `ROUTER_BENCH_ROUTER_THREADS` the router's worker threads (default: one per core).
 #![allow(
     clippy::unwrap_used,
     clippy::print_stdout,
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use synos_integration_tests::stand_in::StandIn;
 use synos_integration_tests::{Sandbox, channel, http_listener};
+use synos_proto::admin::v1::GetMetricsRequest;
+use synos_proto::admin::v1::admin_client::AdminClient;
 use synos_proto::llm::v1::router_client::RouterClient;
 use synos_proto::llm::v1::{ChatMessage, ChatRequest};
 
@@ -178,6 +182,31 @@ async fn grpc_phase(
     .await
 }
 
+/// The upper bound of the histogram bucket holding quantile `fraction`, from the text exposition.
+fn histogram_quantile(text: &str, name: &str, fraction: f64) -> String {
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(&format!("{name}_bucket{{le=\"")))
+        .filter_map(|rest| {
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |(_, count)| *count);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= total * fraction)
+        .map_or_else(
+            || "n/a".to_owned(),
+            |(bound, _)| format!("{:.3} ms", bound * 1000.0),
+        )
+}
+
 fn report(name: &str, phase: &Phase, baseline: Option<&Phase>) {
     let (p50, p99) = (phase.percentile(0.50), phase.percentile(0.99));
     let overhead = baseline.map_or_else(String::new, |baseline| {
@@ -200,8 +229,9 @@ fn main() {
     let rate = setting("ROUTER_BENCH_RATE", 2000);
     let concurrency = setting("ROUTER_BENCH_CONCURRENCY", 16);
     let seconds = setting("ROUTER_BENCH_SECONDS", 5);
+    let client_threads = setting("ROUTER_BENCH_CLIENT_THREADS", 2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(usize::try_from(client_threads).unwrap())
         .enable_all()
         .build()
         .unwrap();
@@ -220,6 +250,9 @@ fn main() {
         );
         let mut command = sandbox.command("synos-llm-router");
         command.env("RUST_LOG", "warn");
+        if let Ok(threads) = std::env::var("ROUTER_BENCH_ROUTER_THREADS") {
+            command.env("TOKIO_WORKER_THREADS", threads);
+        }
         let router = sandbox
             .start_with("llm-router", command, &sandbox.socket("llm-router"))
             .await;
@@ -241,7 +274,7 @@ fn main() {
 
         println!(
             "router overhead: {concurrency} concurrent clients, {rate} req/s paced, {seconds} s per phase, \
-             2 client threads, stand-in provider answering at once"
+             {client_threads} client threads, stand-in provider answering at once"
         );
         let direct_url = format!("{}/chat/completions", stand_in.base_url());
         let router_url = format!("{http}/v1/chat/completions");
@@ -264,6 +297,17 @@ fn main() {
         report("router, HTTP", &via_http, Some(&direct));
         report("router, gRPC", &via_grpc, Some(&direct));
 
+        let metrics = AdminClient::new(channel(&socket).await)
+            .get_metrics(GetMetricsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .text;
+        println!(
+            "router's own work per request (its overhead histogram, bucket bounds): p50 ≤ {}, p99 ≤ {}",
+            histogram_quantile(&metrics, "synos_llm_router_overhead_seconds", 0.50),
+            histogram_quantile(&metrics, "synos_llm_router_overhead_seconds", 0.99)
+        );
         println!(
             "router memory: idle {:.1} MiB, after the load {:.1} MiB, peak {:.1} MiB",
             idle_kib as f64 / 1024.0,

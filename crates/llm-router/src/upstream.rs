@@ -151,7 +151,8 @@ pub(crate) struct OpenStream {
 #[derive(Debug, Clone)]
 pub(crate) struct Upstream {
     client: reqwest::Client,
-    base_url: Url,
+    chat_url: Url,
+    embeddings_url: Url,
     credential: Option<Secret>,
     timeouts: Timeouts,
     max_reply_bytes: usize,
@@ -168,6 +169,12 @@ impl Upstream {
             base.push('/');
         }
         let base_url = Url::parse(&base).map_err(|error| format!("base_url: {error}"))?;
+        let endpoint = |path: &str| {
+            base_url
+                .join(path)
+                .map_err(|error| format!("base_url: {error}"))
+        };
+        let (chat_url, embeddings_url) = (endpoint("chat/completions")?, endpoint("embeddings")?);
         let client = reqwest::Client::builder()
             .connect_timeout(provider.timeouts.connect())
             .tcp_nodelay(true)
@@ -178,7 +185,8 @@ impl Upstream {
             .map_err(|error| format!("cannot build an HTTP client: {error}"))?;
         Ok(Self {
             client,
-            base_url,
+            chat_url,
+            embeddings_url,
             credential,
             timeouts: provider.timeouts,
             max_reply_bytes: provider.max_reply_bytes,
@@ -187,17 +195,13 @@ impl Upstream {
 
     async fn send(
         &self,
-        path: &str,
+        url: &Url,
         body: &Value,
         deadline: Instant,
     ) -> Result<reqwest::Response, Failure> {
-        let url = self
-            .base_url
-            .join(path)
-            .map_err(|error| Failure::Connection(format!("bad URL: {error}")))?;
         let mut request = self
             .client
-            .post(url)
+            .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_string());
         if let Some(credential) = &self.credential {
@@ -241,9 +245,7 @@ impl Upstream {
         let started = Instant::now();
         let total = started + self.timeouts.total();
         let headers_deadline = total.min(started + self.timeouts.first_token());
-        let response = self
-            .send("chat/completions", body, headers_deadline)
-            .await?;
+        let response = self.send(&self.chat_url, body, headers_deadline).await?;
         expect_content_type(response.headers(), "application/json")?;
         let mut reader = BodyReader::new(response, self.max_reply_bytes, self.timeouts.idle());
         let text = reader.read_all(total).await?;
@@ -288,7 +290,7 @@ impl Upstream {
         let total = started + self.timeouts.total();
         let first_token_deadline = total.min(started + self.timeouts.first_token());
         let response = self
-            .send("chat/completions", body, first_token_deadline)
+            .send(&self.chat_url, body, first_token_deadline)
             .await?;
         expect_content_type(response.headers(), "text/event-stream")?;
         let mut rest = ChunkReader {
@@ -338,7 +340,7 @@ impl Upstream {
         let total = started + self.timeouts.total();
         let response = self
             .send(
-                "embeddings",
+                &self.embeddings_url,
                 body,
                 total.min(started + self.timeouts.first_token()),
             )
