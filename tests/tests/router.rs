@@ -757,6 +757,15 @@ fn synosctl(sandbox: &Sandbox, arguments: &[&str]) -> (i32, String, String) {
     output(sandbox.command("synosctl").args(arguments))
 }
 
+/// `synosctl` off the test's runtime thread, which must stay free to serve the stand-ins.
+async fn synosctl_while_serving(sandbox: &Sandbox, arguments: &[&str]) -> (i32, String, String) {
+    let mut command = sandbox.command("synosctl");
+    command.args(arguments);
+    tokio::task::spawn_blocking(move || output(&mut command))
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_http_endpoint_wants_a_valid_unrevoked_key_for_the_route() {
     let only = StandIn::start("a").await;
@@ -1342,4 +1351,52 @@ async fn the_official_openai_python_client_works_unmodified() {
     );
     assert_eq!(seen["wrong_key"], 401);
     assert_eq!(seen["unknown_route"], 404);
+}
+
+#[tokio::test]
+async fn synosctl_chats_streaming_or_as_json_and_reports_usage() {
+    let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
+    first.script([Behaviour::Status(503, None)], Behaviour::Ok);
+    let sandbox = Sandbox::new();
+    let config = provider("a", &first, "")
+        + &provider("b", &second, "")
+        + &route("default", &["a", "b"], "");
+    let _router = start_router(&sandbox, &config).await;
+    let (code, stdout, stderr) =
+        synosctl_while_serving(&sandbox, &["llm", "chat", "hello", "there"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "reply from b\n");
+    assert_eq!(
+        stderr.trim(),
+        "[served by b/m-b after a server_error; 11 tokens in, 7 out; $0.000025]"
+    );
+    assert_eq!(
+        second.received()[0].body["messages"][0]["content"],
+        "hello there"
+    );
+
+    let (code, stdout, stderr) =
+        synosctl_while_serving(&sandbox, &["llm", "chat", "--json", "hi"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let reply: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(reply["content"], "reply from b");
+    assert_eq!(reply["provider"], "b");
+    assert_eq!(reply["attempts"][0]["outcome"], "skipped");
+    assert_eq!(reply["attempts"][1]["outcome"], "ok");
+    assert_eq!(reply["usage"]["output_tokens"], 7);
+
+    let (code, stdout, _) = synosctl_while_serving(&sandbox, &["llm", "usage", "--json"]).await;
+    assert_eq!(code, 0);
+    let usage: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(usage["routes"][0]["name"], "default");
+    assert_eq!(usage["routes"][0]["requests"], 2);
+    assert_eq!(usage["principals"][0]["name"], "local");
+
+    let (code, stdout, stderr) =
+        synosctl_while_serving(&sandbox, &["llm", "chat", "--route", "nope", "hi"]).await;
+    assert_eq!((code, stdout.as_str()), (1, ""));
+    assert_eq!(
+        stderr.trim(),
+        "synos-llm-router: not found: no route \"nope\"; routes: default"
+    );
 }
