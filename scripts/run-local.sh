@@ -43,6 +43,8 @@ done
 
 say "synosctl status"
 synosctl status || { tail -n 5 "$work"/*.log >&2; die "not every daemon is serving"; }
+say "synosctl llm providers"
+synosctl llm providers
 say "synosctl hw info"
 synosctl hw info
 say "synosctl memory stats"

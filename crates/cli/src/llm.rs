@@ -214,7 +214,7 @@ pub(crate) async fn providers(cli: &Cli, as_json: bool) -> CommandResult {
         return Ok(exit::OK);
     }
     if reply.providers.is_empty() {
-        emit("no providers configured (see /etc/synos/llm-router.toml)");
+        emit("no providers configured (add [[provider]] and [[route]] to llm-router.toml)");
         return Ok(exit::OK);
     }
     let header = [

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,9 @@ pub(crate) struct Charge<'a> {
 #[derive(Debug)]
 pub(crate) struct Ledger {
     today: Mutex<Day>,
+    /// The day `today` is for, in days since the epoch: compared on every request, so the
+    /// date string is only formatted when the day changes.
+    day_number: AtomicU64,
     path: Option<PathBuf>,
     dirty: AtomicBool,
 }
@@ -80,6 +83,7 @@ impl Ledger {
                 day: current_day(SystemTime::now()),
                 ..Day::default()
             }),
+            day_number: AtomicU64::new(day_number(SystemTime::now())),
             path: None,
             dirty: AtomicBool::new(false),
         }
@@ -93,22 +97,20 @@ impl Ledger {
             day: today.clone(),
             ..Day::default()
         };
-        {
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    let stored: Day = serde_json::from_slice(&bytes).map_err(|error| {
-                        format!("{}: not a usage file: {error}", path.display())
-                    })?;
-                    if stored.day == today {
-                        day = stored;
-                    }
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let stored: Day = serde_json::from_slice(&bytes)
+                    .map_err(|error| format!("{}: not a usage file: {error}", path.display()))?;
+                if stored.day == today {
+                    day = stored;
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(format!("{}: cannot read: {error}", path.display())),
             }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(format!("{}: cannot read: {error}", path.display())),
         }
         Ok(Self {
             today: Mutex::new(day),
+            day_number: AtomicU64::new(day_number(SystemTime::now())),
             path: Some(path),
             dirty: AtomicBool::new(false),
         })
@@ -119,10 +121,11 @@ impl Ledger {
             .today
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let today = current_day(SystemTime::now());
-        if day.day != today {
+        let now = SystemTime::now();
+        let number = day_number(now);
+        if self.day_number.swap(number, Ordering::Relaxed) != number {
             *day = Day {
-                day: today,
+                day: current_day(now),
                 ..Day::default()
             };
         }
@@ -227,13 +230,15 @@ pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(
     write().map_err(|error| format!("{}: cannot write: {error}", path.display()))
 }
 
+/// Days since 1970-01-01 of `now`, UTC.
+fn day_number(now: SystemTime) -> u64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() / 86_400)
+}
+
 /// The UTC day of `now`, "YYYY-MM-DD".
 pub(crate) fn current_day(now: SystemTime) -> String {
-    let seconds = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
-    // httpdate formats "Sun, 06 Nov 1994 08:49:37 GMT"; the civil date is computed directly.
-    let days = i64::try_from(seconds / 86_400).unwrap_or(0);
+    let days = i64::try_from(day_number(now)).unwrap_or(0);
     let (year, month, day) = civil_from_days(days);
     format!("{year:04}-{month:02}-{day:02}")
 }
