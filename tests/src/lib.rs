@@ -357,3 +357,11 @@ pub async fn http_listener(socket: &Path) -> Option<String> {
         .into_iter()
         .find(|listener| listener.starts_with("http://"))
 }
+
+/// A path in this repository. Read at run time from the `CARGO_MANIFEST_DIR` cargo sets for
+/// tests, not baked in at compile time: checkouts that share a build cache share test binaries.
+pub fn repository_path(relative: &str) -> PathBuf {
+    let tests_directory = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    tests_directory.join("..").join(relative)
+}

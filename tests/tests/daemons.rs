@@ -564,7 +564,7 @@ async fn every_binary_reports_its_version_and_git_revision() {
 #[test]
 fn shipped_default_configurations_are_valid() {
     let sandbox = Sandbox::new();
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config");
+    let shipped = synos_integration_tests::repository_path("packaging/config");
     for (short_name, binary) in ALL_DAEMONS {
         let file = shipped.join(format!("{short_name}.toml"));
         let (code, _, stderr) = output(

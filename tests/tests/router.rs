@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use nix::sys::signal::Signal;
 use synos_integration_tests::stand_in::{Behaviour, StandIn};
-use synos_integration_tests::{Daemon, Sandbox, channel, http_listener, output};
+use synos_integration_tests::{Daemon, Sandbox, channel, http_listener, output, repository_path};
 use synos_proto::llm::v1::router_client::RouterClient;
 use synos_proto::llm::v1::{
     AttemptOutcome, BreakerState, ChatMessage, ChatRequest, EmbedRequest, ListProvidersRequest,
@@ -673,6 +673,10 @@ async fn configuration_errors_name_the_key_and_the_reason() {
             "key `http.listen`: must be an IP address and port",
         ),
         (
+            format!("[http]\nlisten = \"0.0.0.0:7311\"\n{priced}"),
+            "key `http.listen`: must be a loopback address (127.0.0.0/8 or ::1): keys travel in clear text",
+        ),
+        (
             priced.replace("trust = \"external\"", "trust = \"extremely\""),
             "key `provider.0.trust`: unknown value",
         ),
@@ -740,6 +744,7 @@ async fn credentials_come_from_the_credentials_directory_then_the_environment_an
         Some("Bearer sk-from-environment")
     );
     let listed = providers(&mut client).await;
+    assert_eq!(listed[2].state(), ProviderState::Unusable);
     assert!(
         listed[2].state_reason.contains("SYNOS_CREDENTIAL_NOWHERE"),
         "{:?}",
@@ -1324,7 +1329,7 @@ async fn the_official_openai_python_client_works_unmodified() {
     let router = start_router(&sandbox, &config).await;
     let (_, stdout, _) = synosctl(&sandbox, &["llm", "keys", "create", "--principal", "carol"]);
     let key = stdout.lines().last().unwrap().trim().to_owned();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/openai_client.py");
+    let script = repository_path("tests/python/openai_client.py");
     let base = router.http.clone().unwrap();
     let run = tokio::task::spawn_blocking(move || {
         output(

@@ -170,12 +170,8 @@ impl GrpcServer {
         }
         let routes = routes.routes();
 
-        let servers: Vec<_> = listeners
-            .into_iter()
-            .map(|listener| {
-                tokio::spawn(serve_listener(listener, routes.clone(), shutdown.clone()))
-            })
-            .collect();
+        // Statuses first, then the listeners: tonic-health starts "" as SERVING, so a client
+        // could otherwise see the daemon SERVING before its own services are registered.
         let initial_status = |serving: bool| {
             if serving {
                 tonic_health::ServingStatus::Serving
@@ -191,6 +187,12 @@ impl GrpcServer {
         health
             .set_service_status("", initial_status(not_serving.is_empty()))
             .await;
+        let servers: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| {
+                tokio::spawn(serve_listener(listener, routes.clone(), shutdown.clone()))
+            })
+            .collect();
         tracing::info!(listeners = ?descriptions, config = %config.source, "serving");
         systemd::spawn_watchdog(shutdown.clone());
         systemd::notify_ready(&status.get());

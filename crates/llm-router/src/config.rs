@@ -391,11 +391,19 @@ impl Settings for Config {
 
     fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if !self.http.listen.is_empty() && self.http.address().is_none() {
-            problems.push(Problem::new(
-                "http.listen",
-                "must be an IP address and port such as 127.0.0.1:7311, or \"\" for off",
-            ));
+        if !self.http.listen.is_empty() {
+            match self.http.address() {
+                None => problems.push(Problem::new(
+                    "http.listen",
+                    "must be an IP address and port such as 127.0.0.1:7311, or \"\" for off",
+                )),
+                // Keys travel in clear text over plain HTTP: only this machine may see them.
+                Some(address) if !address.ip().is_loopback() => problems.push(Problem::new(
+                    "http.listen",
+                    "must be a loopback address (127.0.0.0/8 or ::1): keys travel in clear text",
+                )),
+                Some(_) => {}
+            }
         }
         if self.http.max_body_bytes == 0 {
             problems.push(Problem::new("http.max_body_bytes", "must be positive"));

@@ -18,7 +18,7 @@ use crate::config::{Config, Price, ProviderConfig, RouteConfig, Tier, Trust};
 use crate::credentials::CredentialSources;
 use crate::keys::KeyStore;
 use crate::metrics::{AttemptLabels, Metrics, ProviderLabels, RequestLabels, TokenLabels};
-use crate::provider_state::{Admission, ProviderState};
+use crate::provider_state::{Admission, Breaker, ProviderSnapshot, ProviderState};
 use crate::upstream::{ChatReply, ChunkReader, Failure, StreamChunk, Upstream, with_model};
 
 /// The route embeddings use when a request names none.
@@ -406,21 +406,15 @@ impl Engine {
     pub(crate) fn update_state_metrics(&self) {
         let topology = self.topology.load();
         for (name, provider) in &topology.providers {
-            let state = provider_state_label(provider);
-            for candidate in [
-                "available",
-                "cooling_down",
-                "circuit_open",
-                "drained",
-                "unusable",
-            ] {
+            let condition = Condition::of(provider, &provider.state.snapshot());
+            for candidate in Condition::ALL {
                 self.metrics
                     .provider_state
                     .get_or_create(&crate::metrics::StateLabels {
                         provider: name.clone(),
-                        state: candidate.to_owned(),
+                        state: candidate.label().to_owned(),
                     })
-                    .set(i64::from(candidate == state));
+                    .set(i64::from(candidate == condition));
             }
         }
     }
@@ -969,20 +963,55 @@ fn estimate_tokens_of_length(length: usize) -> u64 {
     (length as u64).div_ceil(4)
 }
 
-/// The state a provider is in, as a metric label.
-pub(crate) fn provider_state_label(provider: &ProviderRuntime) -> &'static str {
-    if provider.upstream.is_none() {
-        return "unusable";
+/// Whether a provider takes traffic now, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Condition {
+    /// Takes requests.
+    Available,
+    /// Skipped after a 429 or 5xx, or cooled by an operator.
+    CoolingDown,
+    /// Its breaker is open (or half-open, waiting for its probe).
+    CircuitOpen,
+    /// Drained by an operator.
+    Drained,
+    /// Cannot be used as configured, e.g. its credential is missing.
+    Unusable,
+}
+
+impl Condition {
+    /// Every condition, for one-hot gauges.
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Available,
+        Self::CoolingDown,
+        Self::CircuitOpen,
+        Self::Drained,
+        Self::Unusable,
+    ];
+
+    /// Metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Available => "available",
+            Self::CoolingDown => "cooling_down",
+            Self::CircuitOpen => "circuit_open",
+            Self::Drained => "drained",
+            Self::Unusable => "unusable",
+        }
     }
-    let snapshot = provider.state.snapshot();
-    if snapshot.drained {
-        "drained"
-    } else if snapshot.breaker != crate::provider_state::Breaker::Closed {
-        "circuit_open"
-    } else if snapshot.cooldown.is_some() {
-        "cooling_down"
-    } else {
-        "available"
+
+    /// The condition of `provider` now, from a snapshot of its state.
+    pub(crate) fn of(provider: &ProviderRuntime, snapshot: &ProviderSnapshot) -> Self {
+        if provider.upstream.is_none() {
+            Self::Unusable
+        } else if snapshot.drained {
+            Self::Drained
+        } else if snapshot.breaker != Breaker::Closed {
+            Self::CircuitOpen
+        } else if snapshot.cooldown.is_some() {
+            Self::CoolingDown
+        } else {
+            Self::Available
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status};
 
 use crate::config::{Tier, Trust};
 use crate::engine::{
-    AttemptRecord, ChatCall, DEFAULT_CHAT_ROUTE, DEFAULT_EMBED_ROUTE, Engine, Outcome, RouteError,
-    Served, StreamItem, provider_state_label,
+    AttemptRecord, ChatCall, Condition, DEFAULT_CHAT_ROUTE, DEFAULT_EMBED_ROUTE, Engine, Outcome,
+    RouteError, Served, StreamItem,
 };
 use crate::provider_state::Breaker;
 
@@ -459,17 +459,17 @@ fn key_to_api(record: &crate::keys::KeyRecord) -> api::ApiKey {
 
 fn provider_to_api(provider: &crate::engine::ProviderRuntime) -> api::Provider {
     let snapshot = provider.state.snapshot();
-    let (state, reason) = match provider_state_label(provider) {
-        "unusable" => (
-            api::ProviderState::CircuitOpen,
+    let (state, reason) = match Condition::of(provider, &snapshot) {
+        Condition::Unusable => (
+            api::ProviderState::Unusable,
             provider.problem.clone().unwrap_or_default(),
         ),
-        "drained" => (api::ProviderState::Drained, "drained".to_owned()),
-        "circuit_open" => (
+        Condition::Drained => (api::ProviderState::Drained, "drained".to_owned()),
+        Condition::CircuitOpen => (
             api::ProviderState::CircuitOpen,
             "error ratio over the breaker window".to_owned(),
         ),
-        "cooling_down" => (
+        Condition::CoolingDown => (
             api::ProviderState::CoolingDown,
             snapshot
                 .cooldown
@@ -477,7 +477,7 @@ fn provider_to_api(provider: &crate::engine::ProviderRuntime) -> api::Provider {
                 .map(|(_, reason)| reason.clone())
                 .unwrap_or_default(),
         ),
-        _ => (api::ProviderState::Available, String::new()),
+        Condition::Available => (api::ProviderState::Available, String::new()),
     };
     api::Provider {
         name: provider.config.name.clone(),

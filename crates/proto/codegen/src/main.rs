@@ -37,7 +37,11 @@ fn main() -> ExitCode {
 /// Generates into a scratch folder, then either compares with or replaces the checked-in files.
 /// Returns whether the checked-in files are (now) up to date.
 fn run(check_only: bool) -> Result<bool, Box<dyn std::error::Error>> {
-    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // At run time, from `cargo run`: checkouts sharing a build cache share this binary, so a
+    // path baked in at compile time may name another checkout.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..");
     let proto_root = crate_dir.join("../../proto");
     let checked_in = crate_dir.join("src/generated");
     let scratch = tempdir(&crate_dir)?;

@@ -440,6 +440,8 @@ pub enum ProviderState {
     CircuitOpen = 3,
     /// Taken out of rotation by an operator or the doctor.
     Drained = 4,
+    /// Cannot be used as configured, e.g. its credential is missing; state_reason says why.
+    Unusable = 5,
 }
 impl ProviderState {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -453,6 +455,7 @@ impl ProviderState {
             Self::CoolingDown => "PROVIDER_STATE_COOLING_DOWN",
             Self::CircuitOpen => "PROVIDER_STATE_CIRCUIT_OPEN",
             Self::Drained => "PROVIDER_STATE_DRAINED",
+            Self::Unusable => "PROVIDER_STATE_UNUSABLE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -463,6 +466,7 @@ impl ProviderState {
             "PROVIDER_STATE_COOLING_DOWN" => Some(Self::CoolingDown),
             "PROVIDER_STATE_CIRCUIT_OPEN" => Some(Self::CircuitOpen),
             "PROVIDER_STATE_DRAINED" => Some(Self::Drained),
+            "PROVIDER_STATE_UNUSABLE" => Some(Self::Unusable),
             _ => None,
         }
     }
