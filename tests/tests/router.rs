@@ -70,6 +70,23 @@ async fn start_router(sandbox: &Sandbox, config: &str) -> Router {
     }
 }
 
+/// Stand-ins "a" (following `steps`, then `then`) and "b" (answering), a router whose route
+/// "default" chains a then b, and the sandbox it runs in; `adjust` edits a's configuration.
+async fn a_then_b(
+    steps: impl IntoIterator<Item = Behaviour>,
+    then: Behaviour,
+    adjust: impl Fn(String) -> String,
+) -> (StandIn, StandIn, Router, Sandbox) {
+    let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
+    first.script(steps, then);
+    let sandbox = Sandbox::new();
+    let config = adjust(provider("a", &first, ""))
+        + &provider("b", &second, "")
+        + &route("default", &["a", "b"], "");
+    let router = start_router(&sandbox, &config).await;
+    (first, second, router, sandbox)
+}
+
 fn ask(route: &str) -> ChatRequest {
     ChatRequest {
         route: route.to_owned(),
@@ -115,13 +132,12 @@ async fn providers(client: &mut RouterClient<Channel>) -> Vec<synos_proto::llm::
 
 #[tokio::test]
 async fn a_429_cools_the_provider_for_its_retry_after_and_later_requests_skip_it() {
-    let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
-    first.script([Behaviour::Status(429, Some("30".into()))], Behaviour::Ok);
-    let sandbox = Sandbox::new();
-    let config = provider("a", &first, "")
-        + &provider("b", &second, "")
-        + &route("default", &["a", "b"], "");
-    let mut router = start_router(&sandbox, &config).await;
+    let (first, _second, mut router, _sandbox) = a_then_b(
+        [Behaviour::Status(429, Some("30".into()))],
+        Behaviour::Ok,
+        |config| config,
+    )
+    .await;
 
     let reply = router.client.chat(ask("")).await.unwrap().into_inner();
     assert_eq!(reply.content, "reply from b");
@@ -251,13 +267,11 @@ async fn a_burst_of_server_errors_opens_the_breaker_and_one_probe_closes_it() {
 
 #[tokio::test]
 async fn a_provider_that_hangs_before_headers_is_abandoned_at_the_first_token_timeout() {
-    let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
-    first.script([], Behaviour::HangBeforeHeaders);
-    let sandbox = Sandbox::new();
-    let config = provider("a", &first, "").replace("first_token_ms = 2000", "first_token_ms = 400")
-        + &provider("b", &second, "")
-        + &route("default", &["a", "b"], "");
-    let mut router = start_router(&sandbox, &config).await;
+    let (_first, _second, mut router, _sandbox) =
+        a_then_b([], Behaviour::HangBeforeHeaders, |config| {
+            config.replace("first_token_ms = 2000", "first_token_ms = 400")
+        })
+        .await;
     let started = Instant::now();
     let served = chat_served(&mut router.client).await;
     let elapsed = started.elapsed();
@@ -298,13 +312,12 @@ async fn stream(
 
 #[tokio::test]
 async fn a_slow_first_token_fails_over_before_anything_reaches_the_client() {
-    let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
-    first.script([], Behaviour::SlowFirstToken(Duration::from_secs(3)));
-    let sandbox = Sandbox::new();
-    let config = provider("a", &first, "").replace("first_token_ms = 2000", "first_token_ms = 500")
-        + &provider("b", &second, "")
-        + &route("default", &["a", "b"], "");
-    let mut router = start_router(&sandbox, &config).await;
+    let (_first, _second, mut router, _sandbox) = a_then_b(
+        [],
+        Behaviour::SlowFirstToken(Duration::from_secs(3)),
+        |config| config.replace("first_token_ms = 2000", "first_token_ms = 500"),
+    )
+    .await;
     let started = Instant::now();
     let (events, error) = stream(&mut router.client, ask("")).await;
     let elapsed = started.elapsed();
@@ -339,13 +352,8 @@ async fn a_slow_first_token_fails_over_before_anything_reaches_the_client() {
 
 #[tokio::test]
 async fn a_stream_broken_after_its_first_token_ends_in_an_error_not_a_short_answer() {
-    let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
-    first.script([], Behaviour::DisconnectMidStream);
-    let sandbox = Sandbox::new();
-    let config = provider("a", &first, "")
-        + &provider("b", &second, "")
-        + &route("default", &["a", "b"], "");
-    let mut router = start_router(&sandbox, &config).await;
+    let (_first, second, mut router, _sandbox) =
+        a_then_b([], Behaviour::DisconnectMidStream, |config| config).await;
     let (events, error) = stream(&mut router.client, ask("")).await;
     let error =
         error.unwrap_or_else(|| panic!("a broken stream must end with an error: {events:?}"));
@@ -415,13 +423,12 @@ async fn restore(client: &mut RouterClient<Channel>, name: &str) {
 
 #[tokio::test]
 async fn a_slow_trickle_is_cut_by_the_total_timeout() {
-    let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
-    first.script([], Behaviour::Trickle(Duration::from_millis(100)));
-    let sandbox = Sandbox::new();
-    let config = provider("a", &first, "").replace("total_ms = 5000", "total_ms = 800")
-        + &provider("b", &second, "")
-        + &route("default", &["a", "b"], "");
-    let mut router = start_router(&sandbox, &config).await;
+    let (_first, _second, mut router, _sandbox) = a_then_b(
+        [],
+        Behaviour::Trickle(Duration::from_millis(100)),
+        |config| config.replace("total_ms = 5000", "total_ms = 800"),
+    )
+    .await;
     let started = Instant::now();
     let served = chat_served(&mut router.client).await;
     let elapsed = started.elapsed();
@@ -445,13 +452,11 @@ async fn a_slow_trickle_is_cut_by_the_total_timeout() {
 
 #[tokio::test]
 async fn a_stream_that_falls_silent_after_its_first_token_is_cut_by_the_idle_timeout() {
-    let (first, second) = (StandIn::start("a").await, StandIn::start("b").await);
-    first.script([], Behaviour::StallMidStream);
-    let sandbox = Sandbox::new();
-    let config = provider("a", &first, "").replace("idle_ms = 2000", "idle_ms = 300")
-        + &provider("b", &second, "")
-        + &route("default", &["a", "b"], "");
-    let mut router = start_router(&sandbox, &config).await;
+    let (_first, second, mut router, _sandbox) =
+        a_then_b([], Behaviour::StallMidStream, |config| {
+            config.replace("idle_ms = 2000", "idle_ms = 300")
+        })
+        .await;
     let started = Instant::now();
     let (events, error) = stream(&mut router.client, ask("")).await;
     let elapsed = started.elapsed();
