@@ -994,10 +994,48 @@ async fn the_http_endpoint_streams_sse_and_serves_embeddings() {
             assert_eq!(values, [2.0, 1.0, 0.5]);
         }
     }
-    // Malformed requests get OpenAI-style errors.
+    // Malformed requests get OpenAI-style errors, and no provider sees them.
+    let before = only.count();
+    let oversized = format!(
+        r#"{{"model": "default", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    for (path, body, expected) in [
+        ("chat/completions", "not json".to_owned(), "not valid JSON"),
+        ("chat/completions", "[1]".to_owned(), "must be a JSON object"),
+        ("chat/completions", oversized, "cannot read the request body"),
+        (
+            "chat/completions",
+            r#"{"model": "default", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}"#.to_owned(),
+            "`stream` must be true or false",
+        ),
+        ("embeddings", r#"{"model": "embed", "input": [[1, 2]]}"#.to_owned(), "token arrays are not supported"),
+        (
+            "embeddings",
+            r#"{"model": "embed", "input": "a", "encoding_format": "hex"}"#.to_owned(),
+            "`encoding_format` must be",
+        ),
+    ] {
+        let response = http
+            .post(format!("{base}/v1/{path}"))
+            .bearer_auth(&key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_client_error(), "{path}: {expected}");
+        let reply: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            reply["error"]["message"].as_str().unwrap().contains(expected),
+            "{path}: {reply}"
+        );
+    }
+    assert_eq!(
+        only.count(),
+        before,
+        "a malformed request reached the provider"
+    );
     for (body, expected) in [
-        ("not json", "not valid JSON"),
-        ("[1]", "must be a JSON object"),
         (r#"{"messages": []}"#, "`model` is required"),
         (
             r#"{"model": "default", "messages": []}"#,
@@ -1408,5 +1446,41 @@ async fn synosctl_chats_streaming_or_as_json_and_reports_usage() {
     assert_eq!(
         stderr.trim(),
         "synos-llm-router: not found: no route \"nope\"; routes: default"
+    );
+}
+
+#[tokio::test]
+async fn an_unusable_state_directory_degrades_the_router_but_it_still_routes() {
+    let only = StandIn::start("a").await;
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "llm-router",
+        &(provider("a", &only, "") + &route("default", &["a"], "")),
+    );
+    // A file where the state root should be: the state directory cannot be created.
+    let blocked = sandbox.path().join("blocked");
+    std::fs::write(&blocked, "").unwrap();
+    let mut command = sandbox.command("synos-llm-router");
+    command.env("SYNOS_STATE_DIR", &blocked);
+    let daemon = sandbox
+        .start_with("llm-router", command, &sandbox.socket("llm-router"))
+        .await;
+    let mut client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    assert_eq!(chat_served(&mut client).await.provider, "a");
+    use synos_proto::admin::v1::{GetInfoRequest, admin_client::AdminClient};
+    let summary = AdminClient::new(channel(&sandbox.socket("llm-router")).await)
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .state_summary;
+    assert!(
+        summary.contains("; DEGRADED: state directory") && summary.contains("unusable"),
+        "{summary}"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("budgets reset and keys vanish on restart")
     );
 }

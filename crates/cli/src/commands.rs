@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::Cli;
-use crate::output::{bytes, emit, emit_json, table, uptime};
+use crate::output::{bytes, emit, emit_json, enum_value, table, uptime};
 
 /// A failed command: one line for stderr and the exit status.
 #[derive(Debug)]
@@ -354,12 +354,8 @@ pub(crate) async fn doctor_report(cli: &Cli, as_json: bool) -> CommandResult {
         OverallState::Degraded => "degraded",
         OverallState::Unspecified => "unknown",
     };
-    let health_name = |health: DaemonHealth| {
-        health
-            .as_str_name()
-            .trim_start_matches("DAEMON_HEALTH_")
-            .to_owned()
-    };
+    let health_name =
+        |health: DaemonHealth| enum_value(health.as_str_name(), "DAEMON_HEALTH_").to_owned();
     if as_json {
         let daemons: Vec<_> = report
             .daemons

@@ -14,7 +14,7 @@ use synos_proto::llm::v1::{
 
 use crate::Cli;
 use crate::commands::{CliError, CommandResult, Connected, connect, duration_from};
-use crate::output::{emit, emit_json, table};
+use crate::output::{emit, emit_json, enum_value, table};
 
 async fn router(
     cli: &Cli,
@@ -29,7 +29,7 @@ async fn router(
 fn enum_name(name: Option<&str>, prefix: &str) -> String {
     name.map_or_else(
         || "unknown".to_owned(),
-        |name| name.trim_start_matches(prefix).to_ascii_lowercase(),
+        |name| enum_value(name, prefix).to_ascii_lowercase(),
     )
 }
 

@@ -83,6 +83,12 @@ pub(crate) fn bytes(count: u64) -> String {
     }
 }
 
+/// A protobuf enum value's name without its type prefix: ("DAEMON_HEALTH_SERVING",
+/// "DAEMON_HEALTH_") → "SERVING".
+pub(crate) fn enum_value<'a>(name: &'a str, prefix: &str) -> &'a str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,12 +8,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use figment::providers::{Env, Format as _, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 use crate::identity::{DaemonIdentity, Directories};
 
@@ -120,8 +122,9 @@ pub trait Settings: DeserializeOwned + Default + Send + Sync + 'static {
     fn problems(&self) -> Vec<Problem> {
         Vec::new()
     }
-    /// True for a daemon that applies a new configuration on SIGHUP itself (through
-    /// [`DaemonConfig::reload`]); the others only have it validated, and apply it on restart.
+    /// True for a daemon that applies a new configuration on SIGHUP: it receives the accepted
+    /// settings through [`DaemonConfig::reloads`]. The others only have it validated, and apply
+    /// it on restart.
     const APPLIES_RELOADS: bool = false;
 }
 
@@ -175,8 +178,43 @@ pub struct DaemonConfig<S> {
     pub directories: Directories,
     /// The daemon these settings belong to.
     pub identity: DaemonIdentity,
-    /// The arguments they were loaded with, so a reload reads the same sources.
-    pub args: DaemonArgs,
+    /// Settings accepted on SIGHUP (for daemons whose `Settings::APPLIES_RELOADS` is true).
+    pub reloads: Reloads<S>,
+}
+
+/// The settings `daemon::main` accepts on each SIGHUP: it reloads and validates them, logs a
+/// rejection and keeps the running ones, so a daemon only applies what is valid.
+pub struct Reloads<S>(watch::Receiver<Option<Arc<S>>>);
+
+impl<S> Reloads<S> {
+    /// A sender for `daemon::main` and its receiving end.
+    pub(crate) fn channel() -> (watch::Sender<Option<Arc<S>>>, Self) {
+        let (sender, receiver) = watch::channel(None);
+        (sender, Self(receiver))
+    }
+
+    /// Waits for the next accepted settings; `None` when no more can come (the process is
+    /// not run by `daemon::main`, as in tests that call `run` directly).
+    pub async fn next(&mut self) -> Option<Arc<S>> {
+        loop {
+            self.0.changed().await.ok()?;
+            if let Some(settings) = self.0.borrow_and_update().clone() {
+                return Some(settings);
+            }
+        }
+    }
+}
+
+impl<S> Clone for Reloads<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S> fmt::Debug for Reloads<S> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Reloads")
+    }
 }
 
 impl<S: Settings> DaemonConfig<S> {
@@ -194,9 +232,24 @@ impl<S: Settings> DaemonConfig<S> {
         self.directories.state_directory(self.identity.short_name)
     }
 
-    /// Loads the configuration again from the same file, environment and arguments.
-    pub fn reload(&self) -> Result<Self, ConfigError> {
-        load_with(self.identity, &self.args, self.directories.clone())
+    /// Creates this daemon's state directory if needed and checks that it can write there.
+    /// The error is one line naming the directory; a daemon degrades on it rather than dying.
+    pub fn prepare_state_directory(&self) -> Result<PathBuf, String> {
+        let directory = self.state_directory();
+        std::fs::create_dir_all(&directory).map_err(|error| {
+            format!("state directory {} unusable: {error}", directory.display())
+        })?;
+        // Mode bits do not tell: a read-only mount or a foreign owner refuses the write itself.
+        let probe = directory.join(".writable");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|error| {
+                format!(
+                    "state directory {} unusable: not writable: {error}",
+                    directory.display()
+                )
+            })?;
+        Ok(directory)
     }
 }
 
@@ -334,7 +387,8 @@ pub fn load_with<S: Settings>(
         source,
         directories,
         identity,
-        args: args.clone(),
+        // Until `daemon::main` installs its own, nothing is ever reloaded.
+        reloads: Reloads::channel().1,
     })
 }
 

@@ -2,12 +2,14 @@
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, DaemonArgs, DaemonConfig, Settings};
+use crate::config::{self, DaemonArgs, DaemonConfig, Reloads, Settings};
 use crate::exit;
 use crate::identity::DaemonIdentity;
 use crate::listener::ListenError;
@@ -48,7 +50,7 @@ where
     Run: FnOnce(DaemonConfig<S>, CancellationToken) -> Running,
     Running: Future<Output = Result<(), DaemonError>>,
 {
-    let config = match config::load::<S>(identity, args) {
+    let mut config = match config::load::<S>(identity, args) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{}: {error}", identity.binary);
@@ -75,8 +77,12 @@ where
         }
     };
     let shutdown = CancellationToken::new();
+    let (reload_sender, reloads) = Reloads::channel();
+    config.reloads = reloads;
     let result = runtime.block_on(async {
-        if let Err(error) = spawn_signal_handlers::<S>(identity, args.clone(), shutdown.clone()) {
+        if let Err(error) =
+            spawn_signal_handlers::<S>(identity, args.clone(), reload_sender, shutdown.clone())
+        {
             tracing::error!(%error, "cannot install signal handlers");
             return Err(DaemonError::Startup {
                 message: error.to_string(),
@@ -102,6 +108,7 @@ where
 fn spawn_signal_handlers<S: Settings>(
     identity: DaemonIdentity,
     args: DaemonArgs,
+    reloads: watch::Sender<Option<Arc<S>>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
@@ -113,9 +120,7 @@ fn spawn_signal_handlers<S: Settings>(
                 _ = terminate.recv() => {}
                 _ = interrupt.recv() => {}
                 _ = hangup.recv() => {
-                    if !S::APPLIES_RELOADS {
-                        check_reloaded_config::<S>(identity, &args);
-                    }
+                    reload_config::<S>(identity, &args, &reloads);
                     continue;
                 }
             }
@@ -131,11 +136,19 @@ fn spawn_signal_handlers<S: Settings>(
 }
 
 /// SIGHUP: re-reads and validates the configuration, so an operator learns at once whether an
-/// edit is good. Daemons with reloadable settings subscribe to SIGHUP themselves; the rest
-/// apply changes on restart, and say so.
-fn check_reloaded_config<S: Settings>(identity: DaemonIdentity, args: &DaemonArgs) {
+/// edit is good. A valid one goes to daemons that apply reloads (`Settings::APPLIES_RELOADS`);
+/// the rest apply changes on restart, and say so. An invalid one is logged and never applied.
+fn reload_config<S: Settings>(
+    identity: DaemonIdentity,
+    args: &DaemonArgs,
+    reloads: &watch::Sender<Option<Arc<S>>>,
+) {
     systemd::notify_reloading();
     match config::load::<S>(identity, args) {
+        Ok(config) if S::APPLIES_RELOADS => {
+            tracing::info!(config = %config.source, "SIGHUP: configuration reloaded");
+            reloads.send_replace(Some(Arc::new(config.settings)));
+        }
         Ok(config) => {
             tracing::info!(config = %config.source, "SIGHUP: configuration is valid; changes apply on restart");
         }

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{Config, ProviderConfig, ProviderKind, RouteConfig, Tier, Trust};
-use synos_common::systemd::{self, StatusLine};
+use synos_common::config::Reloads;
+use synos_common::systemd::StatusLine;
 use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdown};
 use synos_proto::llm::v1::router_server::RouterServer;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::accounting::Ledger;
 use crate::credentials::CredentialSources;
@@ -53,21 +53,7 @@ fn summary(config: &Config, http: &str, state_problem: Option<&str>) -> String {
 /// Opens the usage ledger and key store in the state directory. Without a usable one the
 /// router still routes, in memory only, and says so.
 fn open_stores(config: &DaemonConfig<Config>) -> (Ledger, KeyStore, Option<String>) {
-    let directory = config.state_directory();
-    let usable = std::fs::create_dir_all(&directory)
-        .map_err(|error| format!("state directory {}: {error}", directory.display()))
-        .and_then(|()| {
-            let probe = directory.join(".writable");
-            std::fs::write(&probe, b"")
-                .and_then(|()| std::fs::remove_file(&probe))
-                .map_err(|error| {
-                    format!(
-                        "state directory {} is not writable: {error}",
-                        directory.display()
-                    )
-                })
-        });
-    let stores = usable.and_then(|()| {
+    let stores = config.prepare_state_directory().and_then(|directory| {
         Ok((
             Ledger::open(directory.join("usage.json"))?,
             KeyStore::open(directory.join("keys.json"))?,
@@ -138,7 +124,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
 
     let background = tokio::spawn(background_tasks(
         Arc::clone(&engine),
-        config.clone(),
+        config.reloads.clone(),
         status,
         http_description.clone(),
         state_problem.clone(),
@@ -162,23 +148,17 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
     Ok(())
 }
 
-/// Saves usage periodically and applies configuration reloads on SIGHUP.
+/// Saves usage periodically, and applies the configurations `daemon::main` accepts on SIGHUP.
 async fn background_tasks(
     engine: Arc<Engine>,
-    mut config: DaemonConfig<Config>,
+    mut reloads: Reloads<Config>,
     status: StatusLine,
     http_description: String,
     state_problem: Option<String>,
     shutdown: Shutdown,
 ) {
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(hangup) => Some(hangup),
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGHUP; reloads need a restart");
-            None
-        }
-    };
     let mut persist = tokio::time::interval(PERSIST_INTERVAL);
+    let mut reloading = true;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -188,35 +168,17 @@ async fn background_tasks(
                 }
                 engine.update_state_metrics();
             }
-            Some(()) = async {
-                match hangup.as_mut() {
-                    Some(hangup) => hangup.recv().await,
-                    None => std::future::pending().await,
+            reloaded = reloads.next(), if reloading => {
+                let Some(settings) = reloaded else {
+                    reloading = false;
+                    continue;
+                };
+                let running = engine.topology();
+                if settings.http != running.config.http || settings.server != running.config.server {
+                    tracing::warn!("SIGHUP: [http] and [server] changes apply on restart");
                 }
-            } => {
-                systemd::notify_reloading();
-                match config.reload() {
-                    Ok(reloaded) => {
-                        if reloaded.settings.http != config.settings.http
-                            || reloaded.settings.server != config.settings.server
-                        {
-                            tracing::warn!("SIGHUP: [http] and [server] changes apply on restart");
-                        }
-                        engine.apply(reloaded.settings.clone());
-                        status.set(summary(&reloaded.settings, &http_description, state_problem.as_deref()));
-                        tracing::info!(
-                            config = %reloaded.source,
-                            providers = reloaded.settings.providers.len(),
-                            routes = reloaded.settings.routes.len(),
-                            "SIGHUP: configuration reloaded"
-                        );
-                        config = reloaded;
-                    }
-                    Err(error) => {
-                        tracing::error!("SIGHUP: new configuration rejected, running one kept: {error}");
-                    }
-                }
-                systemd::notify_reloaded();
+                status.set(summary(&settings, &http_description, state_problem.as_deref()));
+                engine.apply(Config::clone(&settings));
             }
         }
     }

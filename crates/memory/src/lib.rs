@@ -17,19 +17,16 @@ pub const IDENTITY: DaemonIdentity = DaemonIdentity {
 /// `/etc/synos/memory.toml`: only the common `[server]` and `[log]` sections so far.
 pub type Config = synos_common::config::BasicSettings;
 
-/// Serves memory until `shutdown` is cancelled. A state directory that cannot be created is
+/// Serves memory until `shutdown` is cancelled. A state directory that cannot be used is
 /// reported in health and `STATUS=`, not fatal: the daemon keeps answering what it can.
 pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(), DaemonError> {
     let state_directory = config.state_directory();
-    let usable = std::fs::create_dir_all(&state_directory);
+    let usable = config.prepare_state_directory();
     let status = StatusLine::new(match &usable {
-        Ok(()) => format!("serving; state in {}", state_directory.display()),
-        Err(error) => {
-            tracing::error!(path = %state_directory.display(), %error, "cannot create the state directory");
-            format!(
-                "DEGRADED: state directory {} unusable: {error}",
-                state_directory.display()
-            )
+        Ok(_) => format!("serving; state in {}", state_directory.display()),
+        Err(problem) => {
+            tracing::error!(%problem, "state directory unusable");
+            format!("DEGRADED: {problem}")
         }
     });
     let memory = MemoryServer::new(service::MemoryService::new(state_directory))
