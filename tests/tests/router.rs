@@ -1015,6 +1015,13 @@ async fn the_http_endpoint_streams_sse_and_serves_embeddings() {
             r#"{"model": "embed", "input": "a", "encoding_format": "hex"}"#.to_owned(),
             "`encoding_format` must be",
         ),
+        ("chat/completions", r#"{"messages": []}"#.to_owned(), "`model` is required"),
+        (
+            "chat/completions",
+            r#"{"model": "default", "messages": []}"#.to_owned(),
+            "`messages` must be a non-empty array",
+        ),
+        ("chat/completions", r#"{"model": "nope", "messages": [{"role": "user", "content": "x"}]}"#.to_owned(), "no route \"nope\""),
     ] {
         let response = http
             .post(format!("{base}/v1/{path}"))
@@ -1035,34 +1042,6 @@ async fn the_http_endpoint_streams_sse_and_serves_embeddings() {
         before,
         "a malformed request reached the provider"
     );
-    for (body, expected) in [
-        (r#"{"messages": []}"#, "`model` is required"),
-        (
-            r#"{"model": "default", "messages": []}"#,
-            "`messages` must be a non-empty array",
-        ),
-        (
-            r#"{"model": "nope", "messages": [{"role": "user", "content": "x"}]}"#,
-            "no route \"nope\"",
-        ),
-    ] {
-        let response = http
-            .post(format!("{base}/v1/chat/completions"))
-            .bearer_auth(&key)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_client_error(), "{body}");
-        let reply: serde_json::Value = response.json().await.unwrap();
-        assert!(
-            reply["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains(expected),
-            "{body}: {reply}"
-        );
-    }
 }
 
 #[tokio::test]
