@@ -625,6 +625,7 @@ mod tests {
             config: root.join("etc"),
             state: root.join("state"),
             runtime: root.join("run"),
+            models: root.join("models"),
         }
     }
 

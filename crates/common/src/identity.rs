@@ -54,10 +54,13 @@ pub struct Directories {
     pub state: PathBuf,
     /// Where the sockets live: `$SYNOS_RUNTIME_DIR`, else `/run/synos`.
     pub runtime: PathBuf,
+    /// Where the model packages install their models, one directory each:
+    /// `$SYNOS_MODEL_DIR`, else `/usr/share/synos/models`.
+    pub models: PathBuf,
 }
 
 impl Directories {
-    /// Reads the three `SYNOS_*_DIR` variables; an unset or empty one means the default.
+    /// Reads the `SYNOS_*_DIR` variables; an unset or empty one means the default.
     pub fn from_environment() -> Self {
         let read = |name: &str, default: &str| {
             std::env::var_os(name)
@@ -68,6 +71,7 @@ impl Directories {
             config: read("SYNOS_CONFIG_DIR", "/etc/synos"),
             state: read("SYNOS_STATE_DIR", "/var/lib/synos"),
             runtime: read("SYNOS_RUNTIME_DIR", "/run/synos"),
+            models: read("SYNOS_MODEL_DIR", "/usr/share/synos/models"),
         }
     }
 
