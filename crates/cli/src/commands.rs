@@ -214,39 +214,6 @@ pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
     Ok(if all_serving { exit::OK } else { exit::FAILURE })
 }
 
-/// `synosctl memory stats`.
-pub(crate) async fn memory_stats(cli: &Cli, as_json: bool) -> CommandResult {
-    use synos_proto::memory::v1::{StatsRequest, memory_client::MemoryClient};
-    let connection = connect(cli, "memory").await?;
-    let mut memory = MemoryClient::new(connection.channel.clone());
-    let stats = memory
-        .stats(StatsRequest {})
-        .await
-        .map_err(|status| connection.call_failed(&status))?
-        .into_inner();
-    if as_json {
-        emit_json(&json!({
-            "state_directory": stats.state_directory,
-            "state_directory_writable": stats.state_directory_writable,
-            "filesystem_total_bytes": stats.filesystem_total_bytes,
-            "filesystem_available_bytes": stats.filesystem_available_bytes,
-        }));
-    } else {
-        emit(&format!(
-            "state directory: {} ({})\nfilesystem:      {} free of {}",
-            stats.state_directory,
-            if stats.state_directory_writable {
-                "writable"
-            } else {
-                "NOT WRITABLE"
-            },
-            bytes(stats.filesystem_available_bytes),
-            bytes(stats.filesystem_total_bytes),
-        ));
-    }
-    Ok(exit::OK)
-}
-
 /// `synosctl hw info`.
 pub(crate) async fn hw_info(cli: &Cli, as_json: bool) -> CommandResult {
     use synos_proto::hwaccel::v1::{GetSystemInfoRequest, hardware_client::HardwareClient};

@@ -2,6 +2,7 @@
 
 mod commands;
 mod llm;
+mod memory;
 mod output;
 
 use std::path::PathBuf;
@@ -116,7 +117,94 @@ enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 enum MemoryCommand {
-    /// Show the memory store's state directory and free space
+    /// Store a memory; prints the id of the memory that holds it
+    Remember {
+        /// global, user:<id> or chat:<id>
+        #[arg(long, default_value = "global")]
+        scope: String,
+        /// fact, preference, decision, event, note, task or summary
+        #[arg(long, default_value = "note")]
+        kind: String,
+        /// How much it matters, 0 to 1 [default: 0.5]
+        #[arg(long)]
+        importance: Option<f32>,
+        /// Forget it after this long, e.g. 30d, 12h, "1h 30m"
+        #[arg(long, value_name = "DURATION", value_parser = memory::parse_duration)]
+        expires: Option<Duration>,
+        /// Who or what it comes from
+        #[arg(long, default_value = "synosctl")]
+        source: String,
+        /// A label, KEY=VALUE (repeatable)
+        #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = memory::parse_label)]
+        metadata: Vec<(String, String)>,
+        /// What to remember
+        #[arg(required = true, value_name = "TEXT")]
+        text: Vec<String>,
+    },
+    /// Search memories of the given scopes, best first
+    Recall {
+        /// A scope to search (repeatable) [default: global]
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// How many results at most
+        #[arg(long, default_value = "10")]
+        limit: u32,
+        /// hybrid (full text and vectors), keyword or vector
+        #[arg(long, default_value = "hybrid")]
+        mode: String,
+        /// Only this kind (repeatable)
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// Print JSON: an array of objects with id, text, scope, kind, score, …
+        #[arg(long)]
+        json: bool,
+        /// What to look for
+        #[arg(required = true, value_name = "QUERY")]
+        query: Vec<String>,
+    },
+    /// Show one memory with its history
+    Get {
+        /// The memory's id
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List memories of the given scopes, newest first
+    List {
+        /// A scope to list (repeatable) [default: global]
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// How many at most
+        #[arg(long, default_value = "50")]
+        limit: u32,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one memory, or every memory of a scope
+    Forget {
+        /// The memory's id
+        #[arg(required_unless_present = "scope", conflicts_with = "scope")]
+        id: Option<String>,
+        /// Forget everything in this scope instead
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Write memories as JSON Lines to FILE (or stdout), every field included
+    Export {
+        /// Only this scope (repeatable) [default: every scope]
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Where to write; stdout when absent
+        file: Option<PathBuf>,
+    },
+    /// Read memories from a JSON Lines export (`-` for stdin); importing twice changes nothing
+    Import {
+        /// The export to read
+        file: PathBuf,
+    },
+    /// Show counts, the embedding model, the database and free space
     Stats {
         /// Print JSON
         #[arg(long)]
@@ -163,6 +251,53 @@ enum DoctorCommand {
     },
 }
 
+async fn memory_command(cli: &Cli, command: &MemoryCommand) -> commands::CommandResult {
+    match command {
+        MemoryCommand::Remember {
+            scope,
+            kind,
+            importance,
+            expires,
+            source,
+            metadata,
+            text,
+        } => {
+            let what = memory::Remember {
+                scope,
+                kind,
+                importance: *importance,
+                expires: *expires,
+                source,
+                metadata,
+                text,
+            };
+            memory::remember(cli, what).await
+        }
+        MemoryCommand::Recall {
+            scopes,
+            limit,
+            mode,
+            kinds,
+            json,
+            query,
+        } => memory::recall(cli, scopes, *limit, mode, kinds, query, *json).await,
+        MemoryCommand::Get { id, json } => memory::get(cli, id, *json).await,
+        MemoryCommand::List {
+            scopes,
+            limit,
+            json,
+        } => memory::list(cli, scopes, *limit, *json).await,
+        MemoryCommand::Forget { id, scope } => {
+            memory::forget(cli, id.as_deref(), scope.as_deref()).await
+        }
+        MemoryCommand::Export { scopes, file } => {
+            memory::export(cli, scopes, file.as_deref()).await
+        }
+        MemoryCommand::Import { file } => memory::import(cli, file).await,
+        MemoryCommand::Stats { json } => memory::stats(cli, *json).await,
+    }
+}
+
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
@@ -205,9 +340,7 @@ fn main() -> ExitCode {
             Command::Llm(LlmCommand::Keys(KeysCommand::Revoke { id })) => {
                 llm::keys_revoke(&cli, id).await
             }
-            Command::Memory(MemoryCommand::Stats { json }) => {
-                commands::memory_stats(&cli, *json).await
-            }
+            Command::Memory(command) => memory_command(&cli, command).await,
             Command::Hw(HwCommand::Info { json }) => commands::hw_info(&cli, *json).await,
             Command::Policy(PolicyCommand::Check {
                 principal,
