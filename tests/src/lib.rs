@@ -36,6 +36,32 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The shipped models, as `scripts/fetch-models.sh` lays them out: `$SYNOS_MODEL_DIR`, else
+/// `${XDG_CACHE_HOME:-~/.cache}/synos/models`. Daemons started by a [`Sandbox`] read them there.
+pub fn model_directory() -> PathBuf {
+    if let Some(directory) = std::env::var_os("SYNOS_MODEL_DIR").filter(|value| !value.is_empty()) {
+        return PathBuf::from(directory);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|value| !value.is_empty())
+        .map_or_else(
+            || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"),
+            PathBuf::from,
+        );
+    cache.join("synos/models")
+}
+
+/// Fails the test unless the memory daemon's embedding model is in [`model_directory`]: tests
+/// of vector search must not pass by silently falling back to keywords.
+pub fn require_embedding_model() {
+    let directory = model_directory().join("all-MiniLM-L6-v2");
+    assert!(
+        directory.join("model.safetensors").is_file(),
+        "{} has no model: run scripts/fetch-models.sh (scripts/test.sh does)",
+        directory.display()
+    );
+}
+
 /// The binary name of a daemon's short name, e.g. "memory" → "synos-memory".
 pub fn binary_name(short_name: &str) -> &'static str {
     synos_common::identity::daemon_binary(short_name)
@@ -105,6 +131,7 @@ impl Sandbox {
             .env("SYNOS_RUNTIME_DIR", self.runtime_dir())
             .env("SYNOS_CONFIG_DIR", self.config_dir())
             .env("SYNOS_STATE_DIR", self.state_dir())
+            .env("SYNOS_MODEL_DIR", model_directory())
             .env("RUST_LOG", "info")
             // Tests run in parallel: the router's HTTP endpoint takes a free port, not 7311.
             .env("SYNOS_LLM_ROUTER_HTTP__LISTEN", "127.0.0.1:0")

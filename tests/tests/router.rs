@@ -926,8 +926,12 @@ async fn the_http_endpoint_wants_a_valid_unrevoked_key_for_the_route() {
 async fn the_http_endpoint_streams_sse_and_serves_embeddings() {
     let only = StandIn::start("a").await;
     let sandbox = Sandbox::new();
-    let config =
-        provider("a", &only, "") + &route("default", &["a"], "") + &route("embed", &["a"], "");
+    // A small body limit: an oversized body then fits in the socket buffers, so the client
+    // reads the 413 instead of racing the server's early close with a broken pipe.
+    let config = "[http]\nmax_body_bytes = 65536\n".to_owned()
+        + &provider("a", &only, "")
+        + &route("default", &["a"], "")
+        + &route("embed", &["a"], "");
     let router = start_router(&sandbox, &config).await;
     let base = router.http.clone().unwrap();
     let (_, stdout, _) = synosctl(&sandbox, &["llm", "keys", "create", "--principal", "bob"]);
@@ -998,7 +1002,7 @@ async fn the_http_endpoint_streams_sse_and_serves_embeddings() {
     let before = only.count();
     let oversized = format!(
         r#"{{"model": "default", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
-        "x".repeat(5 * 1024 * 1024)
+        "x".repeat(100 * 1024)
     );
     for (path, body, expected) in [
         ("chat/completions", "not json".to_owned(), "not valid JSON"),
