@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds every SynOS .deb and a local apt repository from the tree, into dist/ (or $1):
-# one package per daemon, synos-cli, and the meta-package synos-ai; then runs lintian on them.
+# one package per daemon, synos-cli, the model package synos-model-minilm (from the model
+# fetched by scripts/fetch-models.sh) and the meta-package synos-ai; then runs lintian on them.
 #
 #   echo "deb [trusted=yes] file:$PWD/dist ./" > /etc/apt/sources.list.d/synos.list
 #   apt-get update && apt-get install synos-ai
@@ -32,13 +33,51 @@ for package in synos-llm-router synos-memory synos-hwaccel synos-policy synos-do
   cargo deb --locked --no-build --package "$package" --output "$out" >/dev/null
 done
 
+staging="$(mktemp -d)"
+trap 'rm -rf "$staging"' EXIT
+
+# plain_package NAME [COPYRIGHT]: builds $staging/NAME (DEBIAN/control written by the caller,
+# files under usr/) into a .deb with the project's changelog and a copyright file.
+plain_package() {
+  local root="$staging/$1" copyright="${2:-packaging/debian/copyright}" architecture
+  mkdir -p "$root/usr/share/doc/$1"
+  gzip -9n < packaging/debian/changelog > "$root/usr/share/doc/$1/changelog.Debian.gz"
+  cp "$copyright" "$root/usr/share/doc/$1/copyright"
+  find "$root" -type d -exec chmod 755 {} +
+  find "$root/usr" -type f -exec chmod 644 {} +
+  architecture="$(sed -n 's/^Architecture: //p' "$root/DEBIAN/control")"
+  dpkg-deb --root-owner-group --build "$root" "$out/${1}_${version}-1_${architecture}.deb" >/dev/null
+}
+
+say "building the model package synos-model-minilm"
+models="$(model_directory)/all-MiniLM-L6-v2"
+minilm="$staging/synos-model-minilm"
+mkdir -p "$minilm/DEBIAN" "$minilm/usr/share/synos/models/all-MiniLM-L6-v2"
+for file in config.json tokenizer.json model.safetensors; do
+  [ -s "$models/$file" ] || die "$models/$file missing: run scripts/fetch-models.sh"
+  cp "$models/$file" "$minilm/usr/share/synos/models/all-MiniLM-L6-v2/"
+done
+cat > "$minilm/DEBIAN/control" <<EOF
+Package: synos-model-minilm
+Version: $version-1
+Architecture: all
+Maintainer: SynOS developers <developers@synos.invalid>
+Section: misc
+Priority: optional
+Installed-Size: $(du -sk "$minilm/usr" | cut -f1)
+Description: sentence-embedding model all-MiniLM-L6-v2 for SynOS memory
+ The all-MiniLM-L6-v2 sentence-transformers model (384 dimensions) as
+ safetensors weights with its tokenizer, in
+ /usr/share/synos/models/all-MiniLM-L6-v2. synos-memory runs it in-process
+ on the CPU to embed memories, with no network at any time.
+EOF
+plain_package synos-model-minilm packaging/debian/copyright.minilm
+
 say "building the meta-package synos-ai"
-meta="$(mktemp -d)"
-trap 'rm -rf "$meta"' EXIT
-mkdir -p "$meta/DEBIAN" "$meta/usr/share/doc/synos-ai"
+mkdir -p "$staging/synos-ai/DEBIAN"
 depends="$(printf 'synos-%s (= %s-1), ' llm-router "$version" memory "$version" hwaccel "$version" \
   policy "$version" doctor "$version" cli "$version")"
-cat > "$meta/DEBIAN/control" <<EOF
+cat > "$staging/synos-ai/DEBIAN/control" <<EOF
 Package: synos-ai
 Version: $version-1
 Architecture: all
@@ -50,11 +89,7 @@ Description: SynOS AI services (all of them)
  Installs the five SynOS daemons (LLM router, memory, hardware, policy,
  doctor) and synosctl, the client for all of them.
 EOF
-gzip -9n < packaging/debian/changelog > "$meta/usr/share/doc/synos-ai/changelog.Debian.gz"
-cp packaging/debian/copyright "$meta/usr/share/doc/synos-ai/copyright"
-find "$meta" -type d -exec chmod 755 {} +
-find "$meta/usr" -type f -exec chmod 644 {} +
-dpkg-deb --root-owner-group --build "$meta" "$out/synos-ai_${version}-1_all.deb" >/dev/null
+plain_package synos-ai
 
 say "indexing the repository"
 (cd "$out" && dpkg-scanpackages --multiversion . /dev/null 2>/dev/null > Packages && gzip -9nk Packages)

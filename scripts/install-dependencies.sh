@@ -76,3 +76,7 @@ if ! [ -x "$python_environment/bin/python" ] ||
   "$python_environment/bin/pip" install --quiet --disable-pip-version-check --requirement "$requirements"
   cp "$requirements" "$python_environment/requirements.txt"
 fi
+
+# The models the daemons ship with (the memory daemon's sentence-embedding model), which the
+# tests and run-local.sh use from the cache as the packages install them.
+scripts/fetch-models.sh

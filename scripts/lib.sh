@@ -14,3 +14,7 @@ else
   say() { printf '==> %s\n' "$*" >&2; }
 fi
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Where development runs and tests find the shipped models (what /usr/share/synos/models is
+# for the packages); scripts/fetch-models.sh fills it.
+model_directory() { printf '%s\n' "${SYNOS_MODEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/synos/models}"; }

@@ -19,6 +19,9 @@ bin="$CARGO_TARGET_DIR/release"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/synos-local.XXXXXX")"
 export SYNOS_RUNTIME_DIR="$work/run" SYNOS_STATE_DIR="$work/state" SYNOS_CONFIG_DIR="$work/etc"
+# The shipped models, where scripts/fetch-models.sh put them (the packages use /usr/share/synos/models).
+SYNOS_MODEL_DIR="$(model_directory)"
+export SYNOS_MODEL_DIR
 mkdir -p "$SYNOS_RUNTIME_DIR" "$SYNOS_STATE_DIR" "$SYNOS_CONFIG_DIR"
 
 pids=()
@@ -47,6 +50,11 @@ say "synosctl llm providers"
 synosctl llm providers
 say "synosctl hw info"
 synosctl hw info
+say "synosctl memory remember --scope user:alice --kind preference 'Alice takes her tea green, without sugar'"
+synosctl memory remember --scope user:alice --kind preference "Alice takes her tea green, without sugar"
+synosctl memory remember --scope user:alice "Alice's flight to Lisbon leaves Friday at 9:40"
+say "synosctl memory recall --scope user:alice 'what does she like to drink'"
+synosctl memory recall --scope user:alice "what does she like to drink"
 say "synosctl memory stats"
 synosctl memory stats
 say "synosctl policy check --principal 'User::\"alice\"' --action llm.chat --resource 'Route::\"default\"'"

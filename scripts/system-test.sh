@@ -137,6 +137,15 @@ refused_for_bob() {
 }
 check "synosctl status as a user outside synos is refused" refused_for_bob
 
+check "synos-memory pulled in its model package" inside test -s /usr/share/synos/models/all-MiniLM-L6-v2/model.safetensors
+remember_and_recall() {
+  # Vector recall needs the model loaded and run inside the hardened unit (seccomp, no W+X).
+  memory_id="$(inside runuser -u alice -- synosctl memory remember --scope user:alice --kind fact     "Alice waters the tomato plants every Monday morning")" &&
+    inside runuser -u alice -- synosctl memory recall --scope user:alice --mode vector --json       "when is the garden looked after" >"$work/recall.json" &&
+    grep -q "\"id\": \"$memory_id\"" "$work/recall.json" && cat "$work/recall.json"
+}
+check "memory: remembered as alice, recalled by meaning (vector search under the unit)" remember_and_recall
+
 http_get() { # http_get PATH [KEY] → the response's status line and body, over bash's /dev/tcp
   local authorization=""
   [ -n "${2:-}" ] && authorization="Authorization: Bearer $2\r\n"
@@ -242,11 +251,13 @@ upgrade_restarts() {
     wait_active synos-memory.service && [ "$(main_pid memory)" != "$before" ]
 }
 check "reinstalling (the upgrade path) restarts the daemon" upgrade_restarts
+check "memory: what was remembered survives the restarts and the reinstall" \
+  inside runuser -u alice -- synosctl memory get "${memory_id:-none}"
 check "synosctl status after all that: five SERVING" status_as_alice
 
 say "apt purge"
 inside env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq synos-ai synos-cli \
-  synos-llm-router synos-memory synos-hwaccel synos-policy synos-doctor >"$work/purge.log" 2>&1 ||
+  synos-llm-router synos-memory synos-hwaccel synos-policy synos-doctor synos-model-minilm >"$work/purge.log" 2>&1 ||
   { tail -n 30 "$work/purge.log"; die "apt-get purge failed"; }
 snapshot >"$work/after.txt"
 check "purge leaves no files behind" diff "$work/before.txt" "$work/after.txt"
