@@ -1024,3 +1024,232 @@ async fn synosctl_remembers_recalls_forgets_and_reports() {
     assert_eq!(code, 1);
     assert!(stderr.contains("not found"), "{stderr}");
 }
+
+#[tokio::test]
+async fn updates_keep_history_re_embed_and_refuse_contradictions() {
+    let sandbox = Sandbox::new();
+    let (_daemon, mut client) = start(&sandbox).await;
+    let parking = remember(
+        &mut client,
+        "user:erin",
+        "Erin parks on level 3 of the garage",
+    )
+    .await;
+    let other = remember(&mut client, "user:erin", "Erin's badge number is 5521").await;
+    let updated = client
+        .update(api::UpdateRequest {
+            id: parking.id.clone(),
+            text: Some("Erin now rides a bicycle to the office".into()),
+            kind: Some("fact".into()),
+            metadata: [("topic".to_owned(), "commute".to_owned())].into(),
+            ..api::UpdateRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .memory
+        .unwrap();
+    assert_eq!((updated.kind.as_str(), updated.version), ("fact", 1));
+    let got = client
+        .get(api::GetRequest {
+            id: parking.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.history[0].text, "Erin parks on level 3 of the garage");
+    assert_eq!(got.history[0].reason, "updated");
+    // The new text has a new vector: found by meaning, the old one is not.
+    let found = texts(
+        &recall(
+            &mut client,
+            &["user:erin"],
+            "how does Erin get to work",
+            RecallMode::Vector,
+        )
+        .await,
+    );
+    assert_eq!(
+        found.first().map(String::as_str),
+        Some("Erin now rides a bicycle to the office")
+    );
+    let keyword = texts(
+        &recall(
+            &mut client,
+            &["user:erin"],
+            "garage level",
+            RecallMode::Keyword,
+        )
+        .await,
+    );
+    assert!(keyword.is_empty(), "{keyword:?}");
+
+    let hostile = [
+        (
+            api::UpdateRequest {
+                id: parking.id.clone(),
+                text: Some("erin's BADGE number is 5521.".into()),
+                ..Default::default()
+            },
+            Code::AlreadyExists,
+            "already has this text",
+        ),
+        (
+            api::UpdateRequest {
+                id: parking.id.clone(),
+                expires: Some(prost_types::Timestamp::from(
+                    SystemTime::now() + Duration::from_secs(60),
+                )),
+                clear_expires: true,
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "either expires or clear_expires",
+        ),
+        (
+            api::UpdateRequest {
+                id: parking.id.clone(),
+                importance: Some(-1.0),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "importance",
+        ),
+        (
+            api::UpdateRequest {
+                id: parking.id.clone(),
+                kind: Some("gossip".into()),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "kind \"gossip\"",
+        ),
+        (
+            api::UpdateRequest {
+                id: parking.id.clone(),
+                text: Some(" ".into()),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "text: must not be empty",
+        ),
+        (
+            api::UpdateRequest {
+                id: other.id.replace('-', "0"),
+                importance: Some(0.1),
+                ..Default::default()
+            },
+            Code::NotFound,
+            "no memory with id",
+        ),
+    ];
+    for (request, code, expected) in hostile {
+        let error = client.update(request).await.unwrap_err();
+        assert_eq!(error.code(), code, "{expected}: {}", error.message());
+        assert!(
+            error.message().contains(expected),
+            "{expected:?} not in {:?}",
+            error.message()
+        );
+    }
+    // Nothing a refused update asked for happened.
+    let unchanged = client
+        .get(api::GetRequest {
+            id: parking.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        unchanged.memory.unwrap().text,
+        "Erin now rides a bicycle to the office"
+    );
+    assert_eq!(unchanged.history.len(), 1);
+}
+
+#[tokio::test]
+async fn forget_by_filter_touches_only_what_matches_in_the_named_scopes() {
+    let sandbox = Sandbox::new();
+    let (_daemon, mut client) = start(&sandbox).await;
+    let labelled = |scope: &str, text: &str, project: &str| api::NewMemory {
+        metadata: [("project".to_owned(), project.to_owned())].into(),
+        kind: "task".into(),
+        ..new_memory(scope, text)
+    };
+    client
+        .remember(api::RememberRequest {
+            memories: vec![
+                labelled("chat:1", "Rename the staging bucket", "apollo"),
+                labelled("chat:1", "Rotate the deploy keys", "hermes"),
+                labelled("chat:2", "Archive the old dashboards", "apollo"),
+                new_memory("chat:1", "The standup moved to 9:30"),
+            ],
+        })
+        .await
+        .unwrap();
+    let forget = |scopes: Vec<String>, filter: api::Filter| api::ForgetRequest {
+        target: Some(api::forget_request::Target::Filter(api::ForgetFilter {
+            scopes,
+            filter: Some(filter),
+        })),
+    };
+    let apollo = api::Filter {
+        kinds: vec!["task".into()],
+        metadata: [("project".to_owned(), "apollo".to_owned())].into(),
+        ..Default::default()
+    };
+    let forgotten = client
+        .forget(forget(vec!["chat:1".into()], apollo.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .forgotten;
+    assert_eq!(forgotten, 1);
+    let left = |client: &mut MemoryClient<Channel>, scope: &str| {
+        let request = api::ListRequest {
+            scopes: vec![scope.to_owned()],
+            ..Default::default()
+        };
+        let mut client = client.clone();
+        async move {
+            let mut texts: Vec<String> = client
+                .list(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .memories
+                .into_iter()
+                .map(|m| m.text)
+                .collect();
+            texts.sort();
+            texts
+        }
+    };
+    assert_eq!(
+        left(&mut client, "chat:1").await,
+        ["Rotate the deploy keys", "The standup moved to 9:30"]
+    );
+    assert_eq!(
+        left(&mut client, "chat:2").await,
+        ["Archive the old dashboards"],
+        "another scope was touched"
+    );
+    // A filter without scopes is refused, never "every scope".
+    let error = client.forget(forget(Vec::new(), apollo)).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().contains("filter.scopes"),
+        "{}",
+        error.message()
+    );
+    let forgotten = client
+        .forget(api::ForgetRequest {
+            target: Some(api::forget_request::Target::Scope("chat:1".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .forgotten;
+    assert_eq!(forgotten, 2);
+    assert!(left(&mut client, "chat:1").await.is_empty());
+}

@@ -37,7 +37,7 @@ impl From<StoreError> for ServiceError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(_) => Self::new(ErrorKind::NotFound, error.to_string()),
-            StoreError::Invalid(message) => Self::new(ErrorKind::AlreadyExists, message),
+            StoreError::Conflict(message) => Self::new(ErrorKind::AlreadyExists, message),
             StoreError::DiskFull => Self::new(ErrorKind::ResourceExhausted, error.to_string()),
             StoreError::Database(detail) => Self::internal("the memory database failed", &detail),
             StoreError::Internal(detail) => Self::internal("the memory store failed", &detail),

@@ -58,9 +58,9 @@ pub enum StoreError {
     /// Nothing has this id.
     #[error("no memory with id {0:?}")]
     NotFound(String),
-    /// The request contradicts what is stored.
+    /// The request contradicts what is stored (e.g. the text of another memory).
     #[error("{0}")]
-    Invalid(String),
+    Conflict(String),
     /// The disk is full: nothing was stored.
     #[error("the disk holding the memory database is full: nothing was stored")]
     DiskFull,
@@ -279,52 +279,62 @@ fn metadata_to_json(metadata: &Metadata) -> String {
     serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn metadata_from_json(text: &str) -> Metadata {
-    serde_json::from_str(text).unwrap_or_default()
+/// A value the database holds that this daemon never writes: the file was changed behind
+/// its back. Reading on would hide it, and writing the row back would lose data.
+fn corrupt(what: String) -> sqlx::Error {
+    sqlx::Error::Decode(what.into())
 }
 
-fn memory_from_row(row: &SqliteRow) -> Result<Memory, sqlx::Error> {
-    let kind: String = row.try_get("kind")?;
-    let scope: String = row.try_get("scope")?;
-    let corrupt = |what: String| sqlx::Error::Decode(what.into());
-    let version: i64 = row.try_get("version")?;
+// Decoders of the columns memories and their versions share.
+
+fn kind_column(row: &SqliteRow) -> Result<Kind, sqlx::Error> {
+    Kind::parse(row.try_get("kind")?).map_err(corrupt)
+}
+
+fn importance_column(row: &SqliteRow) -> Result<f32, sqlx::Error> {
     #[allow(
         clippy::cast_possible_truncation,
         reason = "importance is stored from an f32"
     )]
-    let importance = row.try_get::<f64, _>("importance")? as f32;
+    Ok(row.try_get::<f64, _>("importance")? as f32)
+}
+
+fn metadata_column(row: &SqliteRow) -> Result<Metadata, sqlx::Error> {
+    serde_json::from_str(row.try_get("metadata")?)
+        .map_err(|error| corrupt(format!("metadata is not a JSON object of strings: {error}")))
+}
+
+fn version_column(row: &SqliteRow) -> Result<u32, sqlx::Error> {
+    u32::try_from(row.try_get::<i64, _>("version")?)
+        .map_err(|_| corrupt("version is out of range".to_owned()))
+}
+
+fn memory_from_row(row: &SqliteRow) -> Result<Memory, sqlx::Error> {
     Ok(Memory {
         sequence: row.try_get("sequence")?,
         id: row.try_get("id")?,
-        scope: Scope::parse(&scope).map_err(corrupt)?,
-        kind: Kind::parse(&kind).map_err(corrupt)?,
+        scope: Scope::parse(row.try_get("scope")?).map_err(corrupt)?,
+        kind: kind_column(row)?,
         text: row.try_get("text")?,
-        importance,
+        importance: importance_column(row)?,
         source: row.try_get("source")?,
         created_ms: row.try_get("created_ms")?,
         updated_ms: row.try_get("updated_ms")?,
         accessed_ms: row.try_get("accessed_ms")?,
         expires_ms: row.try_get("expires_ms")?,
-        metadata: metadata_from_json(&row.try_get::<String, _>("metadata")?),
+        metadata: metadata_column(row)?,
         embedding_model: row.try_get("embedding_model")?,
-        version: u32::try_from(version).unwrap_or(u32::MAX),
+        version: version_column(row)?,
     })
 }
 
 fn version_from_row(row: &SqliteRow) -> Result<MemoryVersion, sqlx::Error> {
-    let kind: String = row.try_get("kind")?;
-    let version: i64 = row.try_get("version")?;
-    #[allow(
-        clippy::cast_possible_truncation,
-        reason = "importance is stored from an f32"
-    )]
-    let importance = row.try_get::<f64, _>("importance")? as f32;
     Ok(MemoryVersion {
-        version: u32::try_from(version).unwrap_or(u32::MAX),
+        version: version_column(row)?,
         text: row.try_get("text")?,
-        kind: Kind::parse(&kind).map_err(|what| sqlx::Error::Decode(what.into()))?,
-        importance,
-        metadata: metadata_from_json(&row.try_get::<String, _>("metadata")?),
+        kind: kind_column(row)?,
+        importance: importance_column(row)?,
+        metadata: metadata_column(row)?,
         replaced_ms: row.try_get("replaced_ms")?,
         reason: row.try_get("reason")?,
     })
@@ -634,22 +644,17 @@ impl Store {
         now: i64,
     ) -> Result<String, StoreError> {
         Self::archive(transaction, sequence, "superseded", now).await?;
-        let old_metadata: String =
-            sqlx::query_scalar("SELECT metadata FROM memories WHERE sequence = ?")
-                .bind(sequence)
-                .fetch_one(&mut **transaction)
-                .await?;
-        let mut metadata = metadata_from_json(&old_metadata);
-        metadata.extend(memory.metadata.clone());
-        // "note" is the kind of memories nobody classified: it never replaces a real kind.
-        let old_kind: String = sqlx::query_scalar("SELECT kind FROM memories WHERE sequence = ?")
+        let current = sqlx::query("SELECT kind, metadata FROM memories WHERE sequence = ?")
             .bind(sequence)
             .fetch_one(&mut **transaction)
             .await?;
+        let mut metadata = metadata_column(&current)?;
+        metadata.extend(memory.metadata.clone());
+        // "note" is the kind of memories nobody classified: it never replaces a real kind.
         let kind = if memory.kind == Kind::Note {
-            old_kind
+            kind_column(&current)?
         } else {
-            memory.kind.name().to_owned()
+            memory.kind
         };
         // The memory matters at least as much as either statement of it did.
         let id: String = sqlx::query_scalar(
@@ -659,7 +664,7 @@ impl Store {
         )
         .bind(&memory.text)
         .bind(normalized)
-        .bind(kind)
+        .bind(kind.name())
         .bind(f64::from(memory.importance))
         .bind(&memory.source)
         .bind(now)
@@ -773,7 +778,7 @@ impl Store {
             .fetch_optional(&mut *transaction)
             .await?;
             if let Some(other) = clash {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::Conflict(format!(
                     "text: memory {other} of scope {} already has this text",
                     current.scope
                 )));
