@@ -122,6 +122,12 @@ pub trait Settings: DeserializeOwned + Default + Send + Sync + 'static {
     fn problems(&self) -> Vec<Problem> {
         Vec::new()
     }
+    /// Checks the files these settings point to (the policy daemon's policy directory, say):
+    /// an error is the whole one-line message, naming the file. The default has none.
+    fn check_files(&self, directories: &Directories) -> Result<(), String> {
+        let _ = directories;
+        Ok(())
+    }
     /// True for a daemon that applies a new configuration on SIGHUP: it receives the accepted
     /// settings through [`DaemonConfig::reloads`]. The others only have it validated, and apply
     /// it on restart.
@@ -382,6 +388,9 @@ pub fn load_with<S: Settings>(
             problem.key, problem.reason
         )));
     }
+    settings
+        .check_files(&directories)
+        .map_err(ConfigError::new)?;
     Ok(DaemonConfig {
         settings,
         source,
