@@ -4,7 +4,9 @@
 #
 #   scripts/install-dependencies.sh              build and test: a C toolchain for linking
 #                                                (rustc links through cc),
-#                                                systemd-socket-activate (package systemd), and
+#                                                systemd-socket-activate (package systemd),
+#                                                bubblewrap and prlimit (the policy daemon's
+#                                                tool sandbox without systemd), and
 #                                                Debian's python3 with a virtual environment of
 #                                                the pinned official openai client, which the
 #                                                router's tests run against its HTTP endpoint
@@ -23,6 +25,8 @@ declare -A needed=(
   [cc]=gcc
   [systemd-socket-activate]=systemd
   [python3]=python3
+  [bwrap]=bubblewrap
+  [prlimit]=util-linux
 )
 if [ "${1:-}" = packaging ]; then
   needed+=(

@@ -1,14 +1,25 @@
-//! The policy daemon: decides who may do what to which resource, with Cedar, and serves
-//! `synos.policy.v1.Policy`.
+//! The policy daemon: Cedar authorization, prompt screening, output redaction, sandboxed tool
+//! execution and a hash-chained audit log, served as `synos.policy.v1.Policy`.
 
-mod authorizer;
+pub mod audit;
+pub mod authorizer;
+pub mod config;
+pub mod redaction;
+pub mod sandbox;
+pub mod screening;
 mod service;
+pub mod tools;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 use synos_common::systemd::StatusLine;
 use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdown};
-use synos_proto::policy::v1::policy_server::PolicyServer;
+use synos_proto::policy::v1::policy_server::{PolicyServer, SERVICE_NAME};
 
-pub use authorizer::{Authorizer, Decision, PolicyError};
+pub use crate::authorizer::{Authorizer, Decision, PolicyError, PolicyFiles};
+pub use crate::config::Config;
 
 /// The policy daemon's fixed names.
 pub const IDENTITY: DaemonIdentity = DaemonIdentity {
@@ -17,25 +28,87 @@ pub const IDENTITY: DaemonIdentity = DaemonIdentity {
     version: env!("CARGO_PKG_VERSION"),
 };
 
-/// `/etc/synos/policy.toml`: only the common `[server]` and `[log]` sections so far.
-pub type Config = synos_common::config::BasicSettings;
+/// The one-line summary for `STATUS=`.
+pub(crate) fn status_line(
+    files: &PolicyFiles,
+    sandbox: Result<&sandbox::Sandbox, &String>,
+) -> String {
+    let sandbox = match sandbox {
+        Ok(sandbox) => format!("tools run under {}", sandbox.name()),
+        Err(problem) => format!("tools disabled ({problem})"),
+    };
+    format!(
+        "serving; default deny with {} policies from {} file(s); {sandbox}",
+        files.policy_count(),
+        files.files.len()
+    )
+}
 
-/// Serves authorization until `shutdown` is cancelled.
+/// Serves the policy API until `shutdown` is cancelled. Invalid policies stop the start (exit
+/// 78, as `--check-config` reports them); an unusable audit log leaves the daemon up but
+/// refusing every decision (NOT_SERVING), because no decision is given unaudited.
 pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(), DaemonError> {
-    let authorizer =
-        Authorizer::with_built_in_policies().map_err(|error| DaemonError::Startup {
-            message: format!("built-in policies do not parse: {error}"),
-            exit_code: synos_common::exit::SOFTWARE,
-        })?;
-    let status = StatusLine::new(format!(
-        "serving; default deny with {} built-in policies",
-        authorizer.policy_count()
-    ));
-    let policy = PolicyServer::new(service::PolicyService::new(authorizer))
+    let settings = config.settings.clone();
+    let policy_directory = settings.policies.directory(&config.directories);
+    let files = PolicyFiles::load(&policy_directory).map_err(|error| DaemonError::Startup {
+        message: error.to_string(),
+        exit_code: synos_common::exit::CONFIG,
+    })?;
+    let sandbox = sandbox::Sandbox::choose(&settings.sandbox);
+    let audit = match config.prepare_state_directory() {
+        Err(problem) => Err(problem),
+        Ok(directory) => audit::AuditLog::open(&audit::database_path(&directory))
+            .await
+            .map_err(|error| error.to_string()),
+    };
+    let status = StatusLine::new(match &audit {
+        Ok(_) => status_line(&files, sandbox.as_ref()),
+        Err(problem) => {
+            tracing::error!(%problem, "audit log unusable");
+            format!("DEGRADED: {problem}; every decision is refused")
+        }
+    });
+    let rate_limits = Arc::new(service::RateLimits::new(&settings.rate_limits));
+    let forget = {
+        let rate_limits = rate_limits.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = ticks.tick() => rate_limits.forget_idle(),
+                }
+            }
+        })
+    };
+    let audit_usable = audit.is_ok();
+    let service = service::PolicyService {
+        authorizer: ArcSwap::from_pointee(Authorizer::new(
+            files,
+            service::tool_attributes(&settings.tools),
+        )),
+        policy_directory,
+        screener: screening::Screener::new(
+            settings.screening.flag_threshold,
+            settings.screening.block_threshold,
+        ),
+        redactor: redaction::Redactor::new(settings.redaction.disabled_kinds.clone()),
+        audit,
+        sandbox: sandbox.clone(),
+        tools: settings.tools.clone(),
+        rate_limits,
+        status: status.clone(),
+    };
+    let policy = PolicyServer::new(service)
         .max_decoding_message_size(config.settings.server.max_message_bytes);
-    GrpcServer::new(status)
-        .add_service(policy)
-        .serve(&config, shutdown)
-        .await?;
+    let mut server = GrpcServer::new(status).add_service(policy);
+    if !audit_usable {
+        server = server.start_not_serving(SERVICE_NAME);
+    }
+    let served = server.serve(&config, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = forget.await;
+    served?;
     Ok(())
 }

@@ -1,34 +1,281 @@
-//! `synos.policy.v1.Policy` over the authorizer.
+//! `synos.policy.v1.Policy`: each call checks its rate limit, decides, appends its audit record
+//! and only then answers. A record that cannot be written fails the call (UNAVAILABLE): no
+//! decision is ever given without its audit record.
 
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use futures_util::{Stream, StreamExt as _};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
 use synos_common::ServiceError;
+use synos_common::error::ErrorKind;
+use synos_common::systemd::StatusLine;
 use synos_proto::policy::v1::policy_server::Policy;
-use synos_proto::policy::v1::{AuthorizeRequest, AuthorizeResponse, Decision};
-use tonic::{Request, Response, Status};
+use synos_proto::policy::v1::{
+    AuditRecord, AuthorizeRequest, AuthorizeResponse, Decision, ExecToolResponse,
+    QueryAuditRequest, QueryAuditResponse, RedactOutputChunk, RedactOutputRequest,
+    RedactOutputResponse, RedactedSpan, ReloadPoliciesRequest, ReloadPoliciesResponse, RuleMatch,
+    ScreenInputRequest, ScreenInputResponse, ToolCallRequest, ToolCallResponse, Verdict,
+    VerifyAuditRequest, VerifyAuditResponse,
+};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::authorizer::{Authorizer, PolicyError};
+use crate::audit::{AuditError, AuditLog, Entry};
+use crate::authorizer::{Authorizer, PolicyError, PolicyFiles, ToolAttributes};
+use crate::config::{RateLimitsConfig, ToolConfig};
+use crate::redaction::{Redactor, Span, StreamRedactor};
+use crate::sandbox::Sandbox;
+use crate::screening::{self, Screener};
 
-/// The policy daemon's gRPC service.
-#[derive(Debug)]
-pub(crate) struct PolicyService {
-    authorizer: Authorizer,
-}
-
-impl PolicyService {
-    pub(crate) fn new(authorizer: Authorizer) -> Self {
-        Self { authorizer }
-    }
-}
+/// Largest text screened or redacted in one call.
+const MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
 
 impl From<PolicyError> for ServiceError {
     fn from(error: PolicyError) -> Self {
         match error {
             PolicyError::InvalidRequest { .. } => ServiceError::invalid_argument(error.to_string()),
-            PolicyError::InvalidPolicy { .. } => {
-                ServiceError::internal("evaluating policies", &error)
+            PolicyError::InvalidPolicies(_) => {
+                ServiceError::new(ErrorKind::FailedPrecondition, error.to_string())
             }
         }
     }
 }
+
+impl From<AuditError> for ServiceError {
+    fn from(error: AuditError) -> Self {
+        ServiceError::new(ErrorKind::Unavailable, error.to_string())
+    }
+}
+
+/// Rate limiters per (principal, action), one quota per configured action.
+#[derive(Debug)]
+pub(crate) struct RateLimits {
+    default: Option<(u32, DefaultKeyedRateLimiter<(String, String)>)>,
+    actions: BTreeMap<String, (u32, DefaultKeyedRateLimiter<(String, String)>)>,
+}
+
+impl RateLimits {
+    pub(crate) fn new(config: &RateLimitsConfig) -> Self {
+        let limiter = |per_minute: u32| {
+            let rate = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+            let burst =
+                NonZeroU32::new(config.burst.min(per_minute).max(1)).unwrap_or(NonZeroU32::MIN);
+            (
+                per_minute,
+                DefaultKeyedRateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst)),
+            )
+        };
+        Self {
+            default: (config.per_minute > 0).then(|| limiter(config.per_minute)),
+            actions: config
+                .actions
+                .iter()
+                .filter(|_| config.per_minute > 0)
+                .map(|(action, per_minute)| (action.clone(), limiter(*per_minute)))
+                .collect(),
+        }
+    }
+
+    /// `Err` when `principal` has used up `action` (named without its resource part).
+    fn check(&self, principal: &str, action: &str) -> Result<(), ServiceError> {
+        let action = action.split(':').next().unwrap_or(action);
+        let Some((per_minute, limiter)) = self.actions.get(action).or(self.default.as_ref()) else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&(principal.to_owned(), action.to_owned()))
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+                ServiceError::new(
+                    ErrorKind::ResourceExhausted,
+                    format!(
+                        "rate limit: {principal} may {action} {per_minute} times a minute; retry in {:.1} s",
+                        wait.as_secs_f64()
+                    ),
+                )
+            })
+    }
+
+    /// Forgets idle keys so the maps do not grow without bound.
+    pub(crate) fn forget_idle(&self) {
+        if let Some((_, limiter)) = &self.default {
+            limiter.retain_recent();
+        }
+        for (_, limiter) in self.actions.values() {
+            limiter.retain_recent();
+        }
+    }
+}
+
+/// The policy daemon's gRPC service.
+pub(crate) struct PolicyService {
+    pub(crate) authorizer: ArcSwap<Authorizer>,
+    pub(crate) policy_directory: PathBuf,
+    pub(crate) screener: Screener,
+    pub(crate) redactor: Redactor,
+    pub(crate) audit: Result<AuditLog, String>,
+    pub(crate) sandbox: Result<Sandbox, String>,
+    pub(crate) tools: BTreeMap<String, ToolConfig>,
+    pub(crate) rate_limits: Arc<RateLimits>,
+    pub(crate) status: StatusLine,
+}
+
+pub(crate) fn tool_attributes(
+    tools: &BTreeMap<String, ToolConfig>,
+) -> BTreeMap<String, ToolAttributes> {
+    tools
+        .iter()
+        .map(|(name, tool)| {
+            (
+                name.clone(),
+                ToolAttributes {
+                    risk: tool.risk.clone(),
+                    network: tool.network,
+                },
+            )
+        })
+        .collect()
+}
+
+fn status_of(error: impl Into<ServiceError>) -> Status {
+    Status::from(error.into())
+}
+
+fn checked_text(text: &str) -> Result<(), Status> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(status_of(ServiceError::new(
+            ErrorKind::ResourceExhausted,
+            format!(
+                "text is {} bytes; at most {MAX_TEXT_BYTES} are screened at once",
+                text.len()
+            ),
+        )));
+    }
+    Ok(())
+}
+
+fn spans_to_proto(spans: &[Span]) -> Vec<RedactedSpan> {
+    spans
+        .iter()
+        .map(|span| RedactedSpan {
+            kind: span.kind.to_owned(),
+            start: span.start as u64,
+            end: span.end as u64,
+        })
+        .collect()
+}
+
+fn span_counts(spans: &[Span]) -> serde_json::Value {
+    let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+    for span in spans {
+        *counts.entry(span.kind).or_default() += 1;
+    }
+    json!(counts)
+}
+
+fn decision(allowed: bool) -> i32 {
+    if allowed {
+        Decision::Allow
+    } else {
+        Decision::Deny
+    }
+    .into()
+}
+
+impl PolicyService {
+    fn audit(&self) -> Result<&AuditLog, Status> {
+        self.audit.as_ref().map_err(|problem| {
+            status_of(ServiceError::new(
+                ErrorKind::Unavailable,
+                format!("audit log unusable, so nothing is decided: {problem}"),
+            ))
+        })
+    }
+
+    async fn record(&self, entry: Entry) -> Result<u64, Status> {
+        let audit = self.audit()?;
+        audit.append(entry).await.map_err(|error| {
+            self.status.set(format!(
+                "DEGRADED: {error}; every decision is refused until it is writable"
+            ));
+            status_of(error)
+        })
+    }
+
+    /// A rate-limited call is refused, and the refusal audited too.
+    async fn limit(&self, principal: &str, action: &str) -> Result<(), Status> {
+        if let Err(error) = self.rate_limits.check(principal, action) {
+            self.record(Entry {
+                kind: "rate-limit",
+                principal: principal.to_owned(),
+                action: action.to_owned(),
+                outcome: "refused".to_owned(),
+                detail: json!({}),
+                ..Entry::default()
+            })
+            .await?;
+            return Err(status_of(error));
+        }
+        Ok(())
+    }
+
+    /// Cedar plus the tool's argument constraints; returns the decision, its reason and the
+    /// arguments to run with.
+    fn check_tool(
+        &self,
+        request: &ToolCallRequest,
+    ) -> Result<(crate::authorizer::Decision, String, Vec<String>), Status> {
+        let decision = self
+            .authorizer
+            .load()
+            .authorize(
+                &request.principal,
+                &format!("tool.exec:{}", request.tool),
+                "",
+            )
+            .map_err(status_of)?;
+        let Some(tool) = self.tools.get(&request.tool) else {
+            return Ok((
+                crate::authorizer::Decision {
+                    allowed: false,
+                    ..decision
+                },
+                format!("no tool {:?} is configured", request.tool),
+                Vec::new(),
+            ));
+        };
+        if !decision.allowed {
+            let reason = if decision.determining_policies.is_empty() {
+                "no policy permits this".to_owned()
+            } else {
+                format!("forbidden by {}", decision.determining_policies.join(", "))
+            };
+            return Ok((decision, reason, Vec::new()));
+        }
+        match crate::tools::check_arguments(tool, &request.arguments) {
+            Ok(arguments) => {
+                let reason = format!("permitted by {}", decision.determining_policies.join(", "));
+                Ok((decision, reason, arguments))
+            }
+            Err(reason) => Ok((
+                crate::authorizer::Decision {
+                    allowed: false,
+                    ..decision
+                },
+                reason,
+                Vec::new(),
+            )),
+        }
+    }
+}
+
+type RedactStream = Pin<Box<dyn Stream<Item = Result<RedactOutputChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Policy for PolicyService {
@@ -37,20 +284,375 @@ impl Policy for PolicyService {
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
         let request = request.into_inner();
-        let decision = self
+        self.limit(&request.principal, &request.action).await?;
+        let decided = self
             .authorizer
+            .load()
             .authorize(&request.principal, &request.action, &request.resource)
-            .map_err(ServiceError::from)?;
-        tracing::debug!(action = %request.action, allowed = decision.allowed, "authorization decided");
+            .map_err(status_of)?;
+        let audit_sequence = self
+            .record(Entry {
+                kind: "authorize",
+                principal: request.principal.clone(),
+                action: decided.action.clone(),
+                resource: decided.resource.clone(),
+                outcome: if decided.allowed { "allow" } else { "deny" }.to_owned(),
+                detail: json!({ "policies": decided.determining_policies, "errors": decided.errors }),
+            })
+            .await?;
         Ok(Response::new(AuthorizeResponse {
-            decision: if decision.allowed {
-                Decision::Allow
-            } else {
-                Decision::Deny
-            }
-            .into(),
-            determining_policies: decision.determining_policies,
-            errors: decision.errors,
+            decision: decision(decided.allowed),
+            determining_policies: decided.determining_policies,
+            errors: decided.errors,
+            audit_sequence,
         }))
     }
+
+    async fn screen_input(
+        &self,
+        request: Request<ScreenInputRequest>,
+    ) -> Result<Response<ScreenInputResponse>, Status> {
+        let request = request.into_inner();
+        checked_text(&request.text)?;
+        let screening = self.screener.screen(&request.text);
+        let rules: Vec<&str> = screening
+            .matched
+            .iter()
+            .map(|found| found.rule.id)
+            .collect();
+        let audit_sequence = self
+            .record(Entry {
+                kind: "screen",
+                principal: request.principal.clone(),
+                action: "screen".to_owned(),
+                outcome: screening.verdict.as_str().to_owned(),
+                // The text itself is never kept: only a fingerprint to match it up later.
+                detail: json!({
+                    "score": screening.score,
+                    "rules": rules,
+                    "rule_set": screening::RULE_SET_VERSION,
+                    "text_sha256": hex::encode(Sha256::digest(request.text.as_bytes())),
+                    "text_bytes": request.text.len(),
+                }),
+                ..Entry::default()
+            })
+            .await?;
+        Ok(Response::new(ScreenInputResponse {
+            score: screening.score,
+            verdict: match screening.verdict {
+                screening::Verdict::Allow => Verdict::Allow,
+                screening::Verdict::Flag => Verdict::Flag,
+                screening::Verdict::Block => Verdict::Block,
+            }
+            .into(),
+            rules: screening
+                .matched
+                .iter()
+                .map(|found| RuleMatch {
+                    id: found.rule.id.to_owned(),
+                    description: found.rule.description.to_owned(),
+                    weight: found.rule.weight,
+                    start: found.start as u64,
+                    end: found.end as u64,
+                })
+                .collect(),
+            rule_set_version: screening::RULE_SET_VERSION.to_owned(),
+            audit_sequence,
+        }))
+    }
+
+    async fn redact_output(
+        &self,
+        request: Request<RedactOutputRequest>,
+    ) -> Result<Response<RedactOutputResponse>, Status> {
+        let request = request.into_inner();
+        checked_text(&request.text)?;
+        let (text, spans) = self.redactor.redact(&request.text);
+        if !spans.is_empty() {
+            self.record(Entry {
+                kind: "redact",
+                principal: request.principal.clone(),
+                action: "redact".to_owned(),
+                outcome: "redacted".to_owned(),
+                detail: span_counts(&spans),
+                ..Entry::default()
+            })
+            .await?;
+        }
+        Ok(Response::new(RedactOutputResponse {
+            text,
+            spans: spans_to_proto(&spans),
+        }))
+    }
+
+    type RedactOutputStreamStream = RedactStream;
+
+    async fn redact_output_stream(
+        &self,
+        request: Request<Streaming<RedactOutputChunk>>,
+    ) -> Result<Response<Self::RedactOutputStreamStream>, Status> {
+        let mut incoming = request.into_inner();
+        let mut stream = StreamRedactor::new(self.redactor.clone());
+        let audit = self.audit()?.clone();
+        let outgoing = async_stream_chunks(move |sender| async move {
+            let mut principal = String::new();
+            let mut all_spans = Vec::new();
+            while let Some(chunk) = incoming.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if principal.is_empty() {
+                    principal = chunk.principal;
+                }
+                let output = stream.push(&chunk.text);
+                all_spans.extend(output.spans.iter().copied());
+                if !output.text.is_empty() || !output.spans.is_empty() {
+                    let reply = RedactOutputChunk {
+                        text: output.text,
+                        spans: spans_to_proto(&output.spans),
+                        principal: String::new(),
+                    };
+                    if sender.send(Ok(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let output = stream.finish();
+            all_spans.extend(output.spans.iter().copied());
+            if !all_spans.is_empty() {
+                let recorded = audit
+                    .append(Entry {
+                        kind: "redact",
+                        principal,
+                        action: "redact-stream".to_owned(),
+                        outcome: "redacted".to_owned(),
+                        detail: span_counts(&all_spans),
+                        ..Entry::default()
+                    })
+                    .await;
+                if let Err(error) = recorded {
+                    let _ = sender.send(Err(status_of(error))).await;
+                    return;
+                }
+            }
+            let _ = sender
+                .send(Ok(RedactOutputChunk {
+                    text: output.text,
+                    spans: spans_to_proto(&output.spans),
+                    principal: String::new(),
+                }))
+                .await;
+        });
+        Ok(Response::new(outgoing))
+    }
+
+    async fn check_tool_call(
+        &self,
+        request: Request<ToolCallRequest>,
+    ) -> Result<Response<ToolCallResponse>, Status> {
+        let request = request.into_inner();
+        self.limit(&request.principal, "tool.exec").await?;
+        let (decided, reason, _) = self.check_tool(&request)?;
+        let audit_sequence = self
+            .record(Entry {
+                kind: "tool-check",
+                principal: request.principal.clone(),
+                action: format!("tool.exec:{}", request.tool),
+                resource: decided.resource.clone(),
+                outcome: if decided.allowed { "allow" } else { "deny" }.to_owned(),
+                detail: json!({ "reason": reason, "arguments": request.arguments.len() }),
+            })
+            .await?;
+        Ok(Response::new(ToolCallResponse {
+            decision: decision(decided.allowed),
+            reason,
+            determining_policies: decided.determining_policies,
+            audit_sequence,
+        }))
+    }
+
+    async fn exec_tool(
+        &self,
+        request: Request<ToolCallRequest>,
+    ) -> Result<Response<ExecToolResponse>, Status> {
+        let request = request.into_inner();
+        self.limit(&request.principal, "tool.exec").await?;
+        let (decided, reason, arguments) = self.check_tool(&request)?;
+        let action = format!("tool.exec:{}", request.tool);
+        if !decided.allowed {
+            self.record(Entry {
+                kind: "exec",
+                principal: request.principal.clone(),
+                action,
+                resource: decided.resource.clone(),
+                outcome: "deny".to_owned(),
+                detail: json!({ "reason": reason }),
+            })
+            .await?;
+            return Err(status_of(ServiceError::new(
+                ErrorKind::PermissionDenied,
+                format!("tool {:?}: {reason}", request.tool),
+            )));
+        }
+        let sandbox = self.sandbox.as_ref().map_err(|problem| {
+            status_of(ServiceError::new(
+                ErrorKind::FailedPrecondition,
+                format!("tools cannot run: {problem}"),
+            ))
+        })?;
+        let tool = self
+            .tools
+            .get(&request.tool)
+            .ok_or_else(|| Status::not_found("tool"))?;
+        let execution = sandbox
+            .run(&request.tool, tool, &arguments)
+            .await
+            .map_err(|problem| {
+                status_of(ServiceError::new(
+                    ErrorKind::Unavailable,
+                    format!("sandbox: {problem}"),
+                ))
+            })?;
+        let (stdout, stdout_spans) = self
+            .redactor
+            .redact(&String::from_utf8_lossy(&execution.stdout));
+        let (stderr, stderr_spans) = self
+            .redactor
+            .redact(&String::from_utf8_lossy(&execution.stderr));
+        let mut redacted = spans_to_proto(&stdout_spans);
+        redacted.extend(spans_to_proto(&stderr_spans));
+        let audit_sequence = self
+            .record(Entry {
+                kind: "exec",
+                principal: request.principal.clone(),
+                action,
+                resource: decided.resource.clone(),
+                outcome: execution.outcome.as_str().to_owned(),
+                detail: json!({
+                    "exit_code": execution.exit_code,
+                    "sandbox": sandbox.name(),
+                    "arguments": self.redactor.redact(&arguments.join(" ")).0,
+                    "duration_seconds": execution.duration.as_secs_f64(),
+                    "stdout_bytes": execution.stdout.len(),
+                    "truncated": execution.truncated,
+                    "redacted": redacted.len(),
+                }),
+            })
+            .await?;
+        Ok(Response::new(ExecToolResponse {
+            exit_code: execution.exit_code,
+            outcome: execution.outcome.as_str().to_owned(),
+            stdout,
+            stderr,
+            truncated: execution.truncated,
+            redacted,
+            sandbox: sandbox.name().to_owned(),
+            duration_seconds: execution.duration.as_secs_f64(),
+            audit_sequence,
+        }))
+    }
+
+    async fn reload_policies(
+        &self,
+        _request: Request<ReloadPoliciesRequest>,
+    ) -> Result<Response<ReloadPoliciesResponse>, Status> {
+        let (files, outcome) = match PolicyFiles::load(&self.policy_directory) {
+            Ok(files) => (Ok(files), "ok".to_owned()),
+            Err(error) => (Err(error.to_string()), "rejected".to_owned()),
+        };
+        self.record(Entry {
+            kind: "reload",
+            action: "policy.reload".to_owned(),
+            outcome,
+            detail: json!({ "error": files.as_ref().err() }),
+            ..Entry::default()
+        })
+        .await?;
+        let files = files.map_err(|error| {
+            status_of(ServiceError::new(
+                ErrorKind::FailedPrecondition,
+                format!("{error}; the running policies are kept"),
+            ))
+        })?;
+        let response = ReloadPoliciesResponse {
+            policy_count: u32::try_from(files.policy_count()).unwrap_or(u32::MAX),
+            files: files.files.clone(),
+        };
+        tracing::info!(policies = response.policy_count, "policies reloaded");
+        self.status
+            .set(crate::status_line(&files, self.sandbox.as_ref()));
+        self.authorizer.store(Arc::new(Authorizer::new(
+            files,
+            tool_attributes(&self.tools),
+        )));
+        Ok(Response::new(response))
+    }
+
+    async fn verify_audit(
+        &self,
+        _request: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditResponse>, Status> {
+        let verification = self.audit()?.verify().await.map_err(status_of)?;
+        let (first_bad_sequence, problem) = verification.first_bad.unwrap_or((0, String::new()));
+        Ok(Response::new(VerifyAuditResponse {
+            intact: first_bad_sequence == 0,
+            records: verification.records,
+            first_bad_sequence,
+            problem,
+        }))
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<QueryAuditRequest>,
+    ) -> Result<Response<QueryAuditResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 20,
+            limit if limit > 1000 => return Err(Status::invalid_argument("limit: at most 1000")),
+            limit => limit,
+        };
+        let records = self
+            .audit()?
+            .query(
+                request.after_sequence,
+                limit,
+                &request.kind,
+                &request.principal,
+                &request.action,
+            )
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(QueryAuditResponse {
+            records: records
+                .into_iter()
+                .map(|record| AuditRecord {
+                    sequence: record.sequence,
+                    time: record.time,
+                    kind: record.kind,
+                    principal: record.principal,
+                    action: record.action,
+                    resource: record.resource,
+                    outcome: record.outcome,
+                    detail_json: record.detail,
+                    hash: record.hash,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// A response stream fed by a task through a channel.
+fn async_stream_chunks<Task, Running>(task: Task) -> RedactStream
+where
+    Task: FnOnce(tokio::sync::mpsc::Sender<Result<RedactOutputChunk, Status>>) -> Running,
+    Running: Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(task(sender));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
