@@ -147,7 +147,7 @@ async fn policy_allows_what_built_in_policies_permit_and_denies_the_rest() {
         .unwrap()
         .into_inner();
     assert_eq!(allowed.decision(), Decision::Allow);
-    assert_eq!(allowed.determining_policies, ["users-chat-with-models"]);
+    assert_eq!(allowed.determining_policies, ["users-use-models"]);
 
     let denied = policy
         .authorize(ask("User::\"alice\"", "tool.exec:rm", "Tool::\"rm\""))
@@ -168,6 +168,14 @@ async fn policy_allows_what_built_in_policies_permit_and_denies_the_rest() {
             "action",
         ),
         (ask("User::\"alice\"", "llm.chat", ""), "resource"),
+        (
+            ask("User::\"alice\"", "memory.read:everyone", ""),
+            "resource",
+        ),
+        (
+            ask("Robot::\"r2\"", "llm.chat", "Route::\"default\""),
+            "principal",
+        ),
     ] {
         let error = policy.authorize(request).await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);

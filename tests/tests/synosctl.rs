@@ -117,11 +117,18 @@ async fn per_daemon_commands_print_answers_and_fail_clearly() {
         )
     };
     let (code, stdout, _) = check("User::\"alice\"", "llm.chat");
-    assert_eq!(
-        (code, stdout.trim()),
-        (0, "allow (by users-chat-with-models)")
+    assert_eq!((code, stdout.trim()), (0, "allow (by users-use-models)"));
+    let (code, stdout, _) = synosctl(
+        &sandbox,
+        &[
+            "policy",
+            "check",
+            "--principal",
+            "User::\"alice\"",
+            "--action",
+            "memory.write:user:bob",
+        ],
     );
-    let (code, stdout, _) = check("User::\"alice\"", "memory.write");
     assert_eq!((code, stdout.trim()), (1, "deny (no policy permits this)"));
     let (code, _, stderr) = check("alice", "llm.chat");
     assert_eq!(code, 1);

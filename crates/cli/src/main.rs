@@ -4,6 +4,7 @@ mod commands;
 mod llm;
 mod memory;
 mod output;
+mod policy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ enum Command {
     /// The security policy
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The audit log of every policy decision
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// The doctor
     #[command(subcommand)]
     Doctor(DoctorCommand),
@@ -232,10 +236,80 @@ enum PolicyCommand {
         /// The action, e.g. llm.chat
         #[arg(long)]
         action: String,
-        /// What is acted on, as a Cedar entity uid, e.g. 'Route::"default"'
-        #[arg(long)]
+        /// What is acted on, as a Cedar entity uid, e.g. 'Route::"default"' (may be left out
+        /// when the action names it: tool.exec:ls, memory.read:user:alice)
+        #[arg(long, default_value = "")]
         resource: String,
         /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Score a prompt for injection; exit 1 when it would be blocked
+    Screen {
+        /// The text, or - for standard input
+        text: String,
+        /// Print JSON: score, verdict, rules
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a text with secrets and personal data replaced
+    Redact {
+        /// The text, or - for standard input
+        text: String,
+        /// Print JSON: text and spans (kind, start, end as byte offsets)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read /etc/synos/policy.d; an invalid set is refused and the running one kept
+    Reload,
+    /// Run a configured tool in the sandbox, as a principal; exits with the tool's status
+    Exec {
+        /// Who runs it, as a Cedar entity uid
+        #[arg(long, default_value = "User::\"root\"")]
+        principal: String,
+        /// The tool's name in policy.toml
+        tool: String,
+        /// Its arguments
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        arguments: Vec<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; exit 0 intact, 1 tampered (naming the first bad record)
+    Verify {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// The newest records
+    Tail {
+        /// How many
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+        /// Print JSON Lines
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records matching exact filters
+    Search {
+        /// authorize, screen, redact, tool-check, exec, reload, rate-limit
+        #[arg(long, default_value = "")]
+        kind: String,
+        /// A principal, e.g. 'User::"alice"'
+        #[arg(long, default_value = "")]
+        principal: String,
+        /// An action, e.g. tool.exec:ls
+        #[arg(long, default_value = "")]
+        action: String,
+        /// At most this many, newest
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+        /// Print JSON Lines
         #[arg(long)]
         json: bool,
     },
@@ -348,6 +422,45 @@ fn main() -> ExitCode {
                 resource,
                 json,
             }) => commands::policy_check(&cli, principal, action, resource, *json).await,
+            Command::Policy(PolicyCommand::Screen { text, json }) => {
+                policy::screen(&cli, text, *json).await
+            }
+            Command::Policy(PolicyCommand::Redact { text, json }) => {
+                policy::redact(&cli, text, *json).await
+            }
+            Command::Policy(PolicyCommand::Reload) => policy::reload(&cli).await,
+            Command::Policy(PolicyCommand::Exec {
+                principal,
+                tool,
+                arguments,
+                json,
+            }) => policy::exec(&cli, principal, tool, arguments, *json).await,
+            Command::Audit(AuditCommand::Verify { json }) => {
+                policy::audit_verify(&cli, *json).await
+            }
+            Command::Audit(AuditCommand::Tail { lines, json }) => {
+                let request = synos_proto::policy::v1::QueryAuditRequest {
+                    limit: *lines,
+                    ..Default::default()
+                };
+                policy::audit_query(&cli, request, *json).await
+            }
+            Command::Audit(AuditCommand::Search {
+                kind,
+                principal,
+                action,
+                lines,
+                json,
+            }) => {
+                let request = synos_proto::policy::v1::QueryAuditRequest {
+                    limit: *lines,
+                    kind: kind.clone(),
+                    principal: principal.clone(),
+                    action: action.clone(),
+                    ..Default::default()
+                };
+                policy::audit_query(&cli, request, *json).await
+            }
             Command::Doctor(DoctorCommand::Report { json }) => {
                 commands::doctor_report(&cli, *json).await
             }
