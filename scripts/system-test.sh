@@ -259,6 +259,10 @@ say "apt purge"
 inside env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq synos-ai synos-cli \
   synos-llm-router synos-memory synos-hwaccel synos-policy synos-doctor synos-model-minilm >"$work/purge.log" 2>&1 ||
   { tail -n 30 "$work/purge.log"; die "apt-get purge failed"; }
+# What apt pulled in for us (bubblewrap, recommended by synos-policy, and its own
+# dependencies) goes the way a user removes it.
+inside env DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y -qq >>"$work/purge.log" 2>&1 ||
+  { tail -n 30 "$work/purge.log"; die "apt-get autoremove failed"; }
 snapshot >"$work/after.txt"
 check "purge leaves no files behind" diff "$work/before.txt" "$work/after.txt"
 check "purge leaves no groups behind" diff <(echo "$getent_groups_before") <(inside getent group | cut -d: -f1 | sort)
