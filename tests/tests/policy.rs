@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use synos_integration_tests::{Sandbox, binary, channel, output};
+use synos_integration_tests::{Sandbox, channel, output};
 use synos_proto::policy::v1::policy_client::PolicyClient;
 use synos_proto::policy::v1::{
     AuthorizeRequest, Decision, RedactOutputChunk, ReloadPoliciesRequest, ToolCallRequest,
@@ -205,6 +205,50 @@ async fn tools_run_confined_by_bubblewrap() {
 }
 
 #[tokio::test]
+async fn without_a_sandbox_tools_are_refused_not_run_unconfined() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "policy",
+        &format!(
+            "[sandbox]\nbackend = \"bubblewrap\"\nbubblewrap = \"/nonexistent/bwrap\"\n{TOOLS}"
+        ),
+    );
+    let daemon = sandbox.start("policy").await;
+    let mut client = PolicyClient::new(channel(&sandbox.socket("policy")).await);
+    let marker = sandbox.path().join("ran-unconfined");
+    let error = exec(
+        &mut client,
+        "shell",
+        &[&format!("touch {}", marker.display())],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Code::FailedPrecondition,
+        "{}",
+        error.message()
+    );
+    assert!(
+        error.message().contains("/nonexistent/bwrap"),
+        "{}",
+        error.message()
+    );
+    assert!(!marker.exists(), "the tool ran without a sandbox");
+    // Checking a call still works: only running is refused.
+    let checked = client
+        .check_tool_call(ToolCallRequest {
+            principal: "User::\"alice\"".to_owned(),
+            tool: "shell".to_owned(),
+            arguments: vec!["true".to_owned()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.decision(), Decision::Allow, "{}", daemon.log());
+}
+
+#[tokio::test]
 async fn policies_come_from_the_directory_and_bad_ones_are_refused_with_file_and_line() {
     let sandbox = Sandbox::new();
     let directory = sandbox.config_dir().join("policy.d");
@@ -289,9 +333,7 @@ async fn policies_come_from_the_directory_and_bad_ones_are_refused_with_file_and
 }
 
 fn synosctl(sandbox: &Sandbox) -> std::process::Command {
-    let mut command = std::process::Command::new(binary("synosctl"));
-    command.env("SYNOS_RUNTIME_DIR", sandbox.runtime_dir());
-    command
+    sandbox.command("synosctl")
 }
 
 #[tokio::test]

@@ -347,29 +347,25 @@ mod systemd {
         let backstop = Duration::from_secs(tool.timeout_seconds + 10);
         let output = tokio::time::timeout(backstop, collect).await;
         let status = unit_status(&connection, &unit).await;
-        for method in ["StopUnit", "ResetFailedUnit"] {
-            let _ = if method == "StopUnit" {
-                connection
-                    .call_method(
-                        Some(DESTINATION),
-                        MANAGER_PATH,
-                        Some(MANAGER),
-                        method,
-                        &(unit.as_str(), "replace"),
-                    )
-                    .await
-            } else {
-                connection
-                    .call_method(
-                        Some(DESTINATION),
-                        MANAGER_PATH,
-                        Some(MANAGER),
-                        method,
-                        &(unit.as_str(),),
-                    )
-                    .await
-            };
-        }
+        // Best effort: a unit that is already gone needs neither.
+        let _ = connection
+            .call_method(
+                Some(DESTINATION),
+                MANAGER_PATH,
+                Some(MANAGER),
+                "StopUnit",
+                &(unit.as_str(), "replace"),
+            )
+            .await;
+        let _ = connection
+            .call_method(
+                Some(DESTINATION),
+                MANAGER_PATH,
+                Some(MANAGER),
+                "ResetFailedUnit",
+                &(unit.as_str(),),
+            )
+            .await;
         let ((stdout, stdout_cut), (stderr, stderr_cut)) =
             output.unwrap_or(((Vec::new(), false), (Vec::new(), false)));
         let (exit_code, outcome) = status.unwrap_or((-1, Outcome::Timeout));
