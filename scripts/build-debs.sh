@@ -14,17 +14,23 @@ say "building release binaries"
 cargo build --release --locked --bins
 release="$CARGO_TARGET_DIR/release"
 
-say "writing man pages"
-mkdir -p "$release/man"
+say "writing manual pages and shell completions"
 version="$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"name":"synos-common","version":"\([^"]*\)".*/\1/p')"
 [ -n "$version" ] || die "cannot read the workspace version"
+# Pages generated from the programs' own clap definitions, dated like the changelog so the
+# packages are reproducible.
+SOURCE_DATE_EPOCH="$(dpkg-parsechangelog --file packaging/debian/changelog --show-field Timestamp)"
+export SOURCE_DATE_EPOCH
+rm -rf "$release/man" "$release/completions"
+mkdir -p "$release/man" "$release/completions"
 for daemon in llm-router memory hwaccel policy doctor; do
-  help2man --no-info --section 8 --version-string "$version" \
-    --name "$(sed -n 's/^description = "\(.*\)"/\1/p' "crates/$daemon/Cargo.toml")" \
-    "$release/synos-$daemon" | gzip -9n > "$release/man/synos-$daemon.8.gz"
+  "$release/synos-$daemon" --manual-page > "$release/man/synos-$daemon.8"
 done
-help2man --no-info --section 1 --version-string "$version" \
-  --name "command-line client for the SynOS daemons" "$release/synosctl" | gzip -9n > "$release/man/synosctl.1.gz"
+"$release/synosctl" manual-pages "$release/man"
+gzip -9n "$release/man"/*
+"$release/synosctl" completions bash > "$release/completions/synosctl"
+"$release/synosctl" completions zsh > "$release/completions/_synosctl"
+"$release/synosctl" completions fish > "$release/completions/synosctl.fish"
 
 rm -rf "$out"
 mkdir -p "$out"

@@ -8,9 +8,9 @@
 #                                                bubblewrap and prlimit (the policy daemon's
 #                                                tool sandbox without systemd), and
 #                                                Debian's python3 with a virtual environment of
-#                                                the pinned official openai client, which the
-#                                                router's tests run against its HTTP endpoint
-#   scripts/install-dependencies.sh packaging    also: cargo-deb (pinned), help2man, dpkg-dev,
+#                                                the pinned official openai and grpcio clients,
+#                                                which the tests run against the daemons
+#   scripts/install-dependencies.sh packaging    also: cargo-deb (pinned), dpkg-dev,
 #                                                lintian, and debootstrap + systemd-nspawn for
 #                                                the system test
 source "$(dirname "$0")/lib.sh"
@@ -30,7 +30,6 @@ declare -A needed=(
 )
 if [ "${1:-}" = packaging ]; then
   needed+=(
-    [help2man]=help2man
     [dpkg-scanpackages]=dpkg-dev
     [lintian]=lintian
     [debootstrap]=debootstrap
@@ -69,12 +68,12 @@ if [ "${1:-}" = packaging ] && [ "$(cargo deb --version 2>/dev/null)" != "cargo-
   cargo install --locked --quiet --version "$CARGO_DEB_VERSION" cargo-deb
 fi
 
-# The official openai Python client, pinned, for the router's compatibility test.
+# The official openai and grpcio Python clients, pinned, for the compatibility tests.
 python_environment="${XDG_CACHE_HOME:-$HOME/.cache}/synos/python"
 requirements="$REPO_ROOT/tests/python/requirements.txt"
 if ! [ -x "$python_environment/bin/python" ] ||
   ! cmp -s "$requirements" "$python_environment/requirements.txt"; then
-  say "installing the pinned openai client into $python_environment"
+  say "installing the pinned Python clients (openai, grpcio) into $python_environment"
   rm -rf "$python_environment"
   /usr/bin/python3 -m venv "$python_environment"
   "$python_environment/bin/pip" install --quiet --disable-pip-version-check --requirement "$requirements"

@@ -100,11 +100,16 @@ snapshot() { # every file and directory outside the virtual and volatile trees
 # Test users exist before the snapshot: useradd and userdel leave backup files of their own.
 inside useradd --create-home alice
 inside useradd --create-home bob
+# What a user reads the manual and completes commands with; before the snapshot, so the purge
+# check sees only what our packages leave.
+inside apt-get update -qq >/dev/null
+inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  man-db bash-completion >"$work/tools.log" 2>&1 ||
+  { tail -n 30 "$work/tools.log"; die "apt-get install man-db bash-completion failed"; }
 snapshot >"$work/before.txt"
 getent_groups_before="$(inside getent group | cut -d: -f1 | sort)"
 
 say "apt install synos-ai"
-inside apt-get update -qq >/dev/null
 inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq synos-ai >"$work/install.log" 2>&1 ||
   { tail -n 30 "$work/install.log"; die "apt-get install synos-ai failed"; }
 
@@ -137,6 +142,28 @@ refused_for_bob() {
 }
 check "synosctl status as a user outside synos is refused" refused_for_bob
 
+manual_pages_found() {
+  local page
+  for page in synos-llm-router synos-memory synos-hwaccel synos-policy synos-doctor synosctl \
+    synosctl-memory-recall synosctl-llm-keys-create synosctl-completions; do
+    inside man -w "$page" || return 1
+  done
+  inside env MANWIDTH=100 man synos-memory >"$work/man.txt" &&
+    grep -q "SYNOS_MEMORY_SECTION__KEY" "$work/man.txt" && grep -q "EXIT STATUS" "$work/man.txt" &&
+    grep -q -- "-authority localhost /run/synos/memory.sock" "$work/man.txt"
+}
+check "man finds every daemon's page and one for each synosctl subcommand" manual_pages_found
+bash_completes_synosctl() {
+  # What an interactive bash does on "synosctl mem<TAB>" and "synosctl memory rec<TAB>".
+  inside bash -c '. /usr/share/bash-completion/bash_completion
+    __load_completion synosctl || exit 1
+    complete -p synosctl
+    complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+      COMPREPLY=(); _synosctl synosctl "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"; echo "${COMPREPLY[*]}"; }
+    [ "$(complete_words synosctl mem)" = memory ] && [ "$(complete_words synosctl memory rec)" = recall ]'
+}
+check "bash completes synosctl subcommands from /usr/share/bash-completion/completions" bash_completes_synosctl
+check "zsh and fish completions are in their vendor directories" inside test -s /usr/share/zsh/vendor-completions/_synosctl -a -s /usr/share/fish/vendor_completions.d/synosctl.fish
 check "synos-memory pulled in its model package" inside test -s /usr/share/synos/models/all-MiniLM-L6-v2/model.safetensors
 remember_and_recall() {
   # Vector recall needs the model loaded and run inside the hardened unit (seccomp, no W+X).

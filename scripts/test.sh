@@ -15,11 +15,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "generated gRPC code matches proto/"
 scripts/regenerate-proto.sh --check
 
-say "building the binaries the system tests run"
-cargo build --bins --locked
+# One optimised build for everything (see "How the build is arranged" in ARCHITECTURE.md): the
+# system tests run the very binaries the packages ship, and the unit tests reuse their
+# dependencies instead of compiling the whole tree a second time without optimisation.
+say "building the release binaries (the packages ship them, the system tests run them)"
+cargo build --release --locked --bins
 
-say "cargo test"
-cargo test --workspace --locked
+say "cargo test --release"
+cargo test --release --workspace --locked
 
 if [ "${SYNOS_SKIP_PACKAGING_TEST:-}" = 1 ]; then
   say "packaging system test SKIPPED (SYNOS_SKIP_PACKAGING_TEST=1)"

@@ -42,13 +42,17 @@ pub fn model_directory() -> PathBuf {
     if let Some(directory) = std::env::var_os("SYNOS_MODEL_DIR").filter(|value| !value.is_empty()) {
         return PathBuf::from(directory);
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
+    cache_directory().join("synos/models")
+}
+
+/// `${XDG_CACHE_HOME:-~/.cache}`, where the project's scripts keep models and Python clients.
+fn cache_directory() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
         .filter(|value| !value.is_empty())
         .map_or_else(
             || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"),
             PathBuf::from,
-        );
-    cache.join("synos/models")
+        )
 }
 
 /// Fails the test unless the memory daemon's embedding model is in [`model_directory`]: tests
@@ -391,4 +395,20 @@ pub fn repository_path(relative: &str) -> PathBuf {
     let tests_directory = std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     tests_directory.join("..").join(relative)
+}
+
+/// The project's Python with the pinned official clients (`openai`, `grpcio`):
+/// `$SYNOS_PYTHON`, else the virtual environment `scripts/install-dependencies.sh` makes.
+pub fn project_python() -> PathBuf {
+    if let Some(python) = std::env::var_os("SYNOS_PYTHON") {
+        return python.into();
+    }
+    let python = cache_directory().join("synos/python/bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/install-dependencies.sh (it installs the pinned Python \
+         clients), or set SYNOS_PYTHON",
+        python.display()
+    );
+    python
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// Talks to the SynOS daemons over their Unix sockets.
 #[derive(Debug, Parser)]
@@ -58,6 +58,18 @@ enum Command {
     /// The doctor
     #[command(subcommand)]
     Doctor(DoctorCommand),
+    /// Print the completion script for SHELL (the synos-cli package installs bash, zsh and
+    /// fish ones)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Write synosctl's manual pages (one for each subcommand) into DIRECTORY
+    #[command(hide = true)]
+    ManualPages {
+        /// Where to write them
+        directory: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -384,6 +396,11 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => return print_completions(*shell),
+        Command::ManualPages { directory } => return write_manual_pages(directory),
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -464,6 +481,9 @@ fn main() -> ExitCode {
             Command::Doctor(DoctorCommand::Report { json }) => {
                 commands::doctor_report(&cli, *json).await
             }
+            Command::Completions { .. } | Command::ManualPages { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {
@@ -473,4 +493,49 @@ fn main() -> ExitCode {
             ExitCode::from(error.exit_code)
         }
     }
+}
+
+fn print_completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "synosctl", &mut std::io::stdout());
+    ExitCode::SUCCESS
+}
+
+/// What `synosctl`'s manual says of its environment and exit statuses.
+const ENVIRONMENT: &[(&str, &str)] = &[(
+    "SYNOS_RUNTIME_DIR",
+    "Directory of the daemons' sockets, instead of /run/synos (--runtime-dir wins).",
+)];
+const EXIT_STATUSES: &[(u8, &str)] = &[
+    (synos_common::exit::OK, "Success."),
+    (
+        synos_common::exit::FAILURE,
+        "The command failed, naming the daemon and why, or its answer is no: a daemon is not \
+         serving (status), a policy check denies, a prompt would be blocked, the audit log \
+         does not verify.",
+    ),
+    (synos_common::exit::USAGE, "Bad command-line usage."),
+    (
+        synos_common::exit::UNAVAILABLE,
+        "A daemon could not be reached: not running, or its socket is not readable by you \
+         (the sockets are for root and group synos).",
+    ),
+    (
+        synos_common::exit::SOFTWARE,
+        "An internal error (a bug in SynOS).",
+    ),
+];
+
+fn write_manual_pages(directory: &std::path::Path) -> ExitCode {
+    let pages = synos_common::manual::client_pages(Cli::command(), ENVIRONMENT, EXIT_STATUSES);
+    for page in pages {
+        if let Err(error) = page.write_to(directory) {
+            eprintln!(
+                "synosctl: cannot write {}: {error}",
+                directory.join(&page.file_name).display()
+            );
+            return ExitCode::from(synos_common::exit::CANT_CREATE);
+        }
+    }
+    ExitCode::SUCCESS
 }

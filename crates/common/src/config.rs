@@ -275,6 +275,9 @@ pub struct DaemonArgs {
     /// Override one configuration key, e.g. --set server.max_message_bytes=1048576 (repeatable)
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
     pub overrides: Vec<(String, String)>,
+    /// Print this program's manual page (roff) and exit; the packages build theirs with it
+    #[arg(long, hide = true)]
+    pub manual_page: bool,
 }
 
 fn parse_override(argument: &str) -> Result<(String, String), String> {

@@ -43,13 +43,29 @@ impl DaemonError {
 
 /// Runs a daemon process: loads and validates its configuration (`--check-config` stops there),
 /// starts logging and the async runtime, turns SIGTERM/SIGINT into `shutdown`, handles SIGHUP,
-/// and maps the outcome of `run(config, shutdown)` to the exit status.
-pub fn main<S, Run, Running>(identity: DaemonIdentity, args: &DaemonArgs, run: Run) -> ExitCode
+/// and maps the outcome of `run(config, shutdown)` to the exit status. `command` is the
+/// daemon's command-line definition, from which `--manual-page` renders its manual page.
+pub fn main<S, Run, Running>(
+    identity: DaemonIdentity,
+    command: fn() -> clap::Command,
+    args: &DaemonArgs,
+    run: Run,
+) -> ExitCode
 where
     S: Settings,
     Run: FnOnce(DaemonConfig<S>, CancellationToken) -> Running,
     Running: Future<Output = Result<(), DaemonError>>,
 {
+    if args.manual_page {
+        let page = crate::manual::daemon_page(&command(), identity, S::APPLIES_RELOADS);
+        return match std::io::Write::write_all(&mut std::io::stdout(), page.source.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{}: cannot write the manual page: {error}", identity.binary);
+                ExitCode::from(exit::FAILURE)
+            }
+        };
+    }
     let mut config = match config::load::<S>(identity, args) {
         Ok(config) => config,
         Err(error) => {

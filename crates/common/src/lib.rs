@@ -13,6 +13,7 @@ pub mod error;
 pub mod exit;
 pub mod identity;
 pub mod listener;
+pub mod manual;
 pub mod server;
 pub mod systemd;
 pub mod telemetry;

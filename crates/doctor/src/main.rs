@@ -1,8 +1,8 @@
-//! `synos-doctor`: parses arguments and runs the router daemon.
+//! `synos-doctor`: parses arguments and runs the doctor daemon.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 
 /// Watches every SynOS daemon and reports what it sees.
 #[derive(Debug, Parser)]
@@ -14,5 +14,10 @@ struct Arguments {
 
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
-    synos_common::daemon::main(synos_doctor::IDENTITY, &arguments.daemon, synos_doctor::run)
+    synos_common::daemon::main(
+        synos_doctor::IDENTITY,
+        Arguments::command,
+        &arguments.daemon,
+        synos_doctor::run,
+    )
 }

@@ -1,8 +1,8 @@
-//! `synos-hwaccel`: parses arguments and runs the router daemon.
+//! `synos-hwaccel`: parses arguments and runs the hardware daemon.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 
 /// Knows the machine, picks the resource tier, leases accelerators.
 #[derive(Debug, Parser)]
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let arguments = Arguments::parse();
     synos_common::daemon::main(
         synos_hwaccel::IDENTITY,
+        Arguments::command,
         &arguments.daemon,
         synos_hwaccel::run,
     )

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 
 /// Routes chat completions and embeddings across LLM providers with fallback.
 #[derive(Debug, Parser)]
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let arguments = Arguments::parse();
     synos_common::daemon::main(
         synos_llm_router::IDENTITY,
+        Arguments::command,
         &arguments.daemon,
         synos_llm_router::run,
     )

@@ -1,8 +1,8 @@
-//! `synos-memory`: parses arguments and runs the router daemon.
+//! `synos-memory`: parses arguments and runs the memory daemon.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 
 /// Long-term agent memory: scoped, searchable, durable.
 #[derive(Debug, Parser)]
@@ -14,5 +14,10 @@ struct Arguments {
 
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
-    synos_common::daemon::main(synos_memory::IDENTITY, &arguments.daemon, synos_memory::run)
+    synos_common::daemon::main(
+        synos_memory::IDENTITY,
+        Arguments::command,
+        &arguments.daemon,
+        synos_memory::run,
+    )
 }

@@ -1,8 +1,8 @@
-//! `synos-policy`: parses arguments and runs the router daemon.
+//! `synos-policy`: parses arguments and runs the policy daemon.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 
 /// The security gate: authorization decisions for every SynOS action.
 #[derive(Debug, Parser)]
@@ -14,5 +14,10 @@ struct Arguments {
 
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
-    synos_common::daemon::main(synos_policy::IDENTITY, &arguments.daemon, synos_policy::run)
+    synos_common::daemon::main(
+        synos_policy::IDENTITY,
+        Arguments::command,
+        &arguments.daemon,
+        synos_policy::run,
+    )
 }

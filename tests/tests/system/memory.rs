@@ -1,10 +1,6 @@
 //! The memory daemon over its real socket, with its real SQLite file and embedding model:
 //! isolation, duplicates, expiry, export and import, crash safety, ranking quality, hostile
 //! input and damaged databases.
-#![allow(
-    clippy::unwrap_used,
-    reason = "tests: a failure should panic with its location"
-)]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};

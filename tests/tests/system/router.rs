@@ -2,17 +2,15 @@
 //! scripts): routing decisions and their timing for every failure mode, the escalation guard,
 //! budgets, configuration errors, HTTP key authentication, reload, and a load test with
 //! providers killed under load.
-#![allow(
-    clippy::unwrap_used,
-    reason = "tests: a failure should panic with its location"
-)]
 
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use nix::sys::signal::Signal;
 use synos_integration_tests::stand_in::{Behaviour, StandIn};
-use synos_integration_tests::{Daemon, Sandbox, channel, http_listener, output, repository_path};
+use synos_integration_tests::{
+    Daemon, Sandbox, channel, http_listener, output, project_python, repository_path,
+};
 use synos_proto::llm::v1::router_client::RouterClient;
 use synos_proto::llm::v1::{
     AttemptOutcome, BreakerState, ChatMessage, ChatRequest, EmbedRequest, ListProvidersRequest,
@@ -1316,26 +1314,6 @@ async fn under_load_no_request_fails_while_any_provider_lives() {
     );
 }
 
-/// The Python with the pinned official `openai` client: `$SYNOS_PYTHON`, else the virtual
-/// environment `scripts/install-dependencies.sh` makes.
-fn python_with_openai() -> std::path::PathBuf {
-    if let Some(python) = std::env::var_os("SYNOS_PYTHON") {
-        return python.into();
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME").map_or_else(
-        || std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"),
-        std::path::PathBuf::from,
-    );
-    let python = cache.join("synos/python/bin/python");
-    assert!(
-        python.exists(),
-        "{} not found: run scripts/install-dependencies.sh (it installs the pinned openai client), \
-         or set SYNOS_PYTHON",
-        python.display()
-    );
-    python
-}
-
 #[tokio::test]
 async fn the_official_openai_python_client_works_unmodified() {
     let only = StandIn::start("a").await;
@@ -1359,7 +1337,7 @@ async fn the_official_openai_python_client_works_unmodified() {
     let base = router.http.clone().unwrap();
     let run = tokio::task::spawn_blocking(move || {
         output(
-            std::process::Command::new(python_with_openai())
+            std::process::Command::new(project_python())
                 .arg(script)
                 .arg(base)
                 .arg(key),

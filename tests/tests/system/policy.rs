@@ -1,10 +1,6 @@
 //! The policy daemon over its real socket: Cedar decisions from a real policy directory,
 //! reloads, screening and redaction (unary and streamed), tools run in the real bubblewrap
 //! sandbox, and tamper detection on the real audit SQLite file.
-#![allow(
-    clippy::unwrap_used,
-    reason = "tests: a failure should panic with its location"
-)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,8 +1,4 @@
 //! The contract every daemon keeps, checked on the real binaries over real sockets.
-#![allow(
-    clippy::unwrap_used,
-    reason = "tests: a failure should panic with its location"
-)]
 
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixDatagram;

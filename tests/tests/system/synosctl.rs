@@ -1,8 +1,4 @@
 //! `synosctl` against real daemons: status, per-daemon commands, exit codes and error lines.
-#![allow(
-    clippy::unwrap_used,
-    reason = "tests: a failure should panic with its location"
-)]
 
 use nix::sys::signal::Signal;
 use synos_integration_tests::{ALL_DAEMONS, Sandbox, output};
