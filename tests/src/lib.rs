@@ -30,7 +30,8 @@ pub fn binary(name: &str) -> PathBuf {
     let path = profile_directory.join(name);
     assert!(
         path.exists(),
-        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        "{} is not built: run `cargo build --release --bins` before `cargo test --release` \
+         (scripts/test.sh does), or `cargo build --bins` before a plain `cargo test`",
         path.display()
     );
     path
