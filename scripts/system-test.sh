@@ -164,6 +164,12 @@ bash_completes_synosctl() {
 }
 check "bash completes synosctl subcommands from /usr/share/bash-completion/completions" bash_completes_synosctl
 check "zsh and fish completions are in their vendor directories" inside test -s /usr/share/zsh/vendor-completions/_synosctl -a -s /usr/share/fish/vendor_completions.d/synosctl.fish
+local_model_installed() {
+  # Recommended by synos-llm-router, so apt installs it with synos-ai; a GGUF starts "GGUF".
+  inside dpkg-query --show --showformat='${db:Status-Status}\n' synos-model-smollm2 | grep -qx installed &&
+    [ "$(inside head -c 4 /usr/share/synos/models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf)" = GGUF ]
+}
+check "synos-llm-router pulled in its local model (Recommends)" local_model_installed
 check "synos-memory pulled in its model package" inside test -s /usr/share/synos/models/all-MiniLM-L6-v2/model.safetensors
 remember_and_recall() {
   # Vector recall needs the model loaded and run inside the hardened unit (seccomp, no W+X).
@@ -284,7 +290,8 @@ check "synosctl status after all that: five SERVING" status_as_alice
 
 say "apt purge"
 inside env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq synos-ai synos-cli \
-  synos-llm-router synos-memory synos-hwaccel synos-policy synos-doctor synos-model-minilm >"$work/purge.log" 2>&1 ||
+  synos-llm-router synos-memory synos-hwaccel synos-policy synos-doctor synos-model-minilm \
+  synos-model-smollm2 >"$work/purge.log" 2>&1 ||
   { tail -n 30 "$work/purge.log"; die "apt-get purge failed"; }
 # What apt pulled in for us (bubblewrap, recommended by synos-policy, and its own
 # dependencies) goes the way a user removes it.
