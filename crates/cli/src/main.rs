@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
+use synos_common::identity::RUNTIME_DIR;
 
 /// Talks to the SynOS daemons over their Unix sockets.
 #[derive(Debug, Parser)]
@@ -20,8 +21,8 @@ pub(crate) struct Cli {
     #[arg(
         long,
         global = true,
-        env = "SYNOS_RUNTIME_DIR",
-        default_value = "/run/synos",
+        env = RUNTIME_DIR.name,
+        default_value = RUNTIME_DIR.default,
         value_name = "DIR"
     )]
     runtime_dir: PathBuf,
@@ -396,11 +397,6 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Completions { shell } => return print_completions(*shell),
-        Command::ManualPages { directory } => return write_manual_pages(directory),
-        _ => {}
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -481,9 +477,8 @@ fn main() -> ExitCode {
             Command::Doctor(DoctorCommand::Report { json }) => {
                 commands::doctor_report(&cli, *json).await
             }
-            Command::Completions { .. } | Command::ManualPages { .. } => {
-                unreachable!("handled before the runtime starts")
-            }
+            Command::Completions { shell } => Ok(print_completions(*shell)),
+            Command::ManualPages { directory } => write_manual_pages(directory),
         }
     });
     match result {
@@ -495,15 +490,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_completions(shell: clap_complete::Shell) -> ExitCode {
+fn print_completions(shell: clap_complete::Shell) -> u8 {
     let mut command = Cli::command();
     clap_complete::generate(shell, &mut command, "synosctl", &mut std::io::stdout());
-    ExitCode::SUCCESS
+    synos_common::exit::OK
 }
 
 /// What `synosctl`'s manual says of its environment and exit statuses.
 const ENVIRONMENT: &[(&str, &str)] = &[(
-    "SYNOS_RUNTIME_DIR",
+    RUNTIME_DIR.name,
     "Directory of the daemons' sockets, instead of /run/synos (--runtime-dir wins).",
 )];
 const EXIT_STATUSES: &[(u8, &str)] = &[
@@ -526,16 +521,15 @@ const EXIT_STATUSES: &[(u8, &str)] = &[
     ),
 ];
 
-fn write_manual_pages(directory: &std::path::Path) -> ExitCode {
+fn write_manual_pages(directory: &std::path::Path) -> commands::CommandResult {
     let pages = synos_common::manual::client_pages(Cli::command(), ENVIRONMENT, EXIT_STATUSES);
     for page in pages {
-        if let Err(error) = page.write_to(directory) {
-            eprintln!(
+        page.write_to(directory).map_err(|error| {
+            commands::CliError::failure(&format!(
                 "synosctl: cannot write {}: {error}",
                 directory.join(&page.file_name).display()
-            );
-            return ExitCode::from(synos_common::exit::CANT_CREATE);
-        }
+            ))
+        })?;
     }
-    ExitCode::SUCCESS
+    Ok(synos_common::exit::OK)
 }

@@ -45,33 +45,83 @@ pub fn daemon_binary(short_name: &str) -> Option<&'static str> {
         .map(|(_, binary)| *binary)
 }
 
+/// One of the `SYNOS_*_DIR` variables of the contract: its name, the directory it replaces,
+/// and what that directory holds (for manual pages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectoryVariable {
+    /// e.g. `SYNOS_CONFIG_DIR`.
+    pub name: &'static str,
+    /// The directory used when the variable is unset or empty, e.g. `/etc/synos`.
+    pub default: &'static str,
+    /// What the directory holds, e.g. "the configuration files".
+    pub holds: &'static str,
+}
+
+/// `SYNOS_CONFIG_DIR`: where `<short>.toml` lives.
+pub const CONFIG_DIR: DirectoryVariable = DirectoryVariable {
+    name: "SYNOS_CONFIG_DIR",
+    default: "/etc/synos",
+    holds: "the configuration files",
+};
+/// `SYNOS_STATE_DIR`: the parent of each daemon's state directory.
+pub const STATE_DIR: DirectoryVariable = DirectoryVariable {
+    name: "SYNOS_STATE_DIR",
+    default: "/var/lib/synos",
+    holds: "the daemons' state directories",
+};
+/// `SYNOS_RUNTIME_DIR`: where the sockets live.
+pub const RUNTIME_DIR: DirectoryVariable = DirectoryVariable {
+    name: "SYNOS_RUNTIME_DIR",
+    default: "/run/synos",
+    holds: "the sockets",
+};
+/// `SYNOS_MODEL_DIR`: where the model packages install their models, one directory each.
+pub const MODEL_DIR: DirectoryVariable = DirectoryVariable {
+    name: "SYNOS_MODEL_DIR",
+    default: "/usr/share/synos/models",
+    holds: "the shipped models",
+};
+/// Every `SYNOS_*_DIR` variable.
+pub const DIRECTORY_VARIABLES: [DirectoryVariable; 4] =
+    [CONFIG_DIR, STATE_DIR, RUNTIME_DIR, MODEL_DIR];
+
 /// The base directories of the contract, overridable for development and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Directories {
-    /// Where `<short>.toml` lives: `$SYNOS_CONFIG_DIR`, else `/etc/synos`.
+    /// Where `<short>.toml` lives: [`CONFIG_DIR`].
     pub config: PathBuf,
-    /// Parent of each daemon's state directory: `$SYNOS_STATE_DIR`, else `/var/lib/synos`.
+    /// Parent of each daemon's state directory: [`STATE_DIR`].
     pub state: PathBuf,
-    /// Where the sockets live: `$SYNOS_RUNTIME_DIR`, else `/run/synos`.
+    /// Where the sockets live: [`RUNTIME_DIR`].
     pub runtime: PathBuf,
-    /// Where the model packages install their models, one directory each:
-    /// `$SYNOS_MODEL_DIR`, else `/usr/share/synos/models`.
+    /// Where the model packages install their models, one directory each: [`MODEL_DIR`].
     pub models: PathBuf,
 }
 
 impl Directories {
     /// Reads the `SYNOS_*_DIR` variables; an unset or empty one means the default.
     pub fn from_environment() -> Self {
-        let read = |name: &str, default: &str| {
-            std::env::var_os(name)
+        Self::resolve(|variable| {
+            std::env::var_os(variable.name)
                 .filter(|value| !value.is_empty())
-                .map_or_else(|| PathBuf::from(default), PathBuf::from)
+                .map(PathBuf::from)
+        })
+    }
+
+    /// The directories of an installed system, whatever the environment says.
+    pub fn defaults() -> Self {
+        Self::resolve(|_| None)
+    }
+
+    fn resolve(overridden: impl Fn(DirectoryVariable) -> Option<PathBuf>) -> Self {
+        let read = |variable: DirectoryVariable| {
+            overridden(variable).unwrap_or_else(|| PathBuf::from(variable.default))
         };
         Self {
-            config: read("SYNOS_CONFIG_DIR", "/etc/synos"),
-            state: read("SYNOS_STATE_DIR", "/var/lib/synos"),
-            runtime: read("SYNOS_RUNTIME_DIR", "/run/synos"),
-            models: read("SYNOS_MODEL_DIR", "/usr/share/synos/models"),
+            config: read(CONFIG_DIR),
+            state: read(STATE_DIR),
+            runtime: read(RUNTIME_DIR),
+            models: read(MODEL_DIR),
         }
     }
 

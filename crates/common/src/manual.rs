@@ -4,14 +4,17 @@
 //! SUBCOMMANDS); this module adds what only SynOS knows: files, environment, signals, exit
 //! statuses, how a stock gRPC client reaches the socket, and cross references.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::Command;
 use clap_mangen::Man;
 use roff::{Inline, Roff, bold, italic, roman};
 
 use crate::exit;
-use crate::identity::{ALL_DAEMONS, DaemonIdentity};
+use crate::identity::{
+    ALL_DAEMONS, CONFIG_DIR, DIRECTORY_VARIABLES, DaemonIdentity, Directories, MODEL_DIR,
+    RUNTIME_DIR, STATE_DIR,
+};
 
 /// The manual these pages belong to, shown in each page's header.
 const MANUAL: &str = "SynOS";
@@ -41,63 +44,59 @@ pub fn daemon_page(command: &Command, identity: DaemonIdentity, applies_reloads:
     let binary = identity.binary;
     let mut extra = Roff::new();
 
+    let installed = Directories::defaults();
+    let shown = |path: PathBuf| path.display().to_string();
     section(&mut extra, "FILES");
     definition(
         &mut extra,
-        vec![bold(format!("/etc/synos/{short}.toml"))],
+        vec![bold(shown(installed.config_file(short)))],
         &format!(
             "The configuration (a conffile; every key is shown there, commented out). Without \
-             it {binary} runs on built-in defaults. The directory is $SYNOS_CONFIG_DIR when set."
+             it {binary} runs on built-in defaults. The directory is ${} when set.",
+            CONFIG_DIR.name
         ),
     );
     definition(
         &mut extra,
-        vec![bold(format!("/var/lib/synos/{short}/"))],
+        vec![bold(shown(installed.state_directory(short)))],
         &format!(
             "State that survives restarts. Under systemd it is the unit's StateDirectory=; \
-             otherwise $SYNOS_STATE_DIR/{short} when that is set."
+             otherwise ${}/{short} when that is set.",
+            STATE_DIR.name
         ),
     );
     definition(
         &mut extra,
-        vec![bold(format!("/run/synos/{short}.sock"))],
+        vec![bold(shown(installed.socket_path(short)))],
         &format!(
             "The gRPC socket, mode 0660, owned by root and group synos. Under systemd, \
              {binary}.socket creates it and starts the service on the first connection; \
-             otherwise the daemon binds it itself, in $SYNOS_RUNTIME_DIR when that is set."
+             otherwise the daemon binds it itself, in ${} when that is set.",
+            RUNTIME_DIR.name
         ),
     );
     definition(
         &mut extra,
-        vec![bold("/usr/share/synos/models/")],
-        "Models shipped by the synos-model-* packages ($SYNOS_MODEL_DIR when set).",
+        vec![bold(shown(installed.models))],
+        &format!(
+            "Models shipped by the synos-model-* packages (${} when set).",
+            MODEL_DIR.name
+        ),
     );
 
     section(&mut extra, "ENVIRONMENT");
-    for (name, meaning) in [
-        (
-            "SYNOS_CONFIG_DIR",
-            "Directory of the configuration files, instead of /etc/synos.",
-        ),
-        (
-            "SYNOS_STATE_DIR",
-            "Parent of the daemons' state directories, instead of /var/lib/synos.",
-        ),
-        (
-            "SYNOS_RUNTIME_DIR",
-            "Directory of the sockets, instead of /run/synos.",
-        ),
-        (
-            "SYNOS_MODEL_DIR",
-            "Directory of the shipped models, instead of /usr/share/synos/models.",
-        ),
-        (
-            "RUST_LOG",
-            "A log filter such as info or debug,h2=info; it wins over the log.filter key.",
-        ),
-    ] {
-        definition(&mut extra, vec![bold(name)], meaning);
+    for variable in DIRECTORY_VARIABLES {
+        let meaning = format!(
+            "Directory of {}, instead of {}.",
+            variable.holds, variable.default
+        );
+        definition(&mut extra, vec![bold(variable.name)], &meaning);
     }
+    definition(
+        &mut extra,
+        vec![bold("RUST_LOG")],
+        "A log filter such as info or debug,h2=info; it wins over the log.filter key.",
+    );
     let prefix = identity.env_prefix();
     definition(
         &mut extra,
@@ -412,7 +411,18 @@ mod tests {
             !source.contains("manual\\-page"),
             "hidden options stay hidden"
         );
-        assert!(source.contains("/etc/synos/memory.toml"));
+        for path in [
+            "/etc/synos/memory.toml",
+            "/var/lib/synos/memory",
+            "/run/synos/memory.sock",
+            "/usr/share/synos/models",
+        ] {
+            assert!(
+                source.contains(&format!("\\fB{path}\\fR")),
+                "{path}: {source}"
+            );
+        }
+        assert!(source.contains("Directory of the sockets, instead of /run/synos."));
         assert!(source.contains("SYNOS_MEMORY_SECTION__KEY"));
         assert!(source.contains("\\fB78\\fR"), "{source}");
         assert!(source.contains("\\-authority localhost /run/synos/memory.sock"));

@@ -577,3 +577,36 @@ fn shipped_default_configurations_are_valid() {
         );
     }
 }
+
+/// The packages build the manual pages on a build machine whatever its /etc/synos holds, so
+/// `--manual-page` must neither read nor need a configuration: a broken file changes nothing.
+#[test]
+fn every_daemon_prints_its_manual_page_even_beside_a_broken_configuration() {
+    let sandbox = Sandbox::new();
+    for (short_name, binary) in ALL_DAEMONS {
+        sandbox.write_config(short_name, "this is [not toml\n");
+        let (code, page, stderr) = output(sandbox.command(binary).arg("--manual-page"));
+        assert_eq!(code, 0, "{binary}: {stderr}");
+        assert!(stderr.is_empty(), "{binary}: {stderr}");
+        assert!(
+            page.contains(&format!(".TH {binary} 8 ")),
+            "{binary}: {page}"
+        );
+        // roff writes a hyphen as \-; read the text as man shows it.
+        let text = page.replace("\\-", "-");
+        assert!(text.contains("--check-config"), "{binary}: {page}");
+        assert!(
+            text.contains(&format!(
+                "-authority localhost /run/synos/{short_name}.sock list"
+            )),
+            "{binary}: {page}"
+        );
+        assert!(
+            !text.contains("manual-page"),
+            "{binary}: the flag is hidden"
+        );
+        // The broken file is really there: the daemon itself refuses it.
+        let (code, _, _) = output(sandbox.command(binary).arg("--check-config"));
+        assert_eq!(code, 78, "{binary}");
+    }
+}

@@ -162,3 +162,66 @@ fn usage_errors_exit_2_and_a_closed_pipe_is_not_a_crash() {
     assert!(status.code().is_some(), "killed by a signal: {status}");
     assert_ne!(status.code(), Some(101), "panicked");
 }
+
+#[test]
+fn synosctl_prints_completions_and_refuses_an_unknown_shell() {
+    let sandbox = Sandbox::new();
+    for (shell, marker) in [
+        ("bash", "complete -F _synosctl"),
+        ("zsh", "#compdef synosctl"),
+        ("fish", "complete -c synosctl"),
+    ] {
+        let (code, stdout, stderr) = synosctl(&sandbox, &["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {stderr}");
+        assert!(stdout.contains(marker), "{shell}: {stdout}");
+        assert!(
+            stdout.contains("recall"),
+            "{shell}: subcommands at depth two"
+        );
+    }
+    let (code, stdout, stderr) = synosctl(&sandbox, &["completions", "tcsh"]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(stderr.contains("invalid value 'tcsh'"), "{stderr}");
+}
+
+#[test]
+fn synosctl_writes_a_manual_page_per_visible_subcommand_or_says_why_it_cannot() {
+    let sandbox = Sandbox::new();
+    let directory = sandbox.path().join("man");
+    let (code, _, stderr) = synosctl(&sandbox, &["manual-pages", directory.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let mut names: Vec<String> = std::fs::read_dir(&directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    for expected in [
+        "synosctl.1",
+        "synosctl-status.1",
+        "synosctl-memory-recall.1",
+        "synosctl-llm-keys-create.1",
+        "synosctl-completions.1",
+    ] {
+        assert!(
+            names.iter().any(|name| name == expected),
+            "{expected}: {names:?}"
+        );
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|name| name.contains("manual") || name.contains("help")),
+        "hidden and help commands get no page: {names:?}"
+    );
+
+    // A file where the directory should be: one line naming it, exit 1, nothing panics.
+    let in_the_way = sandbox.path().join("not-a-directory");
+    std::fs::write(&in_the_way, "").unwrap();
+    let (code, _, stderr) = synosctl(&sandbox, &["manual-pages", in_the_way.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("synosctl: cannot write {}/", in_the_way.display()))
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
