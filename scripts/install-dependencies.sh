@@ -3,7 +3,9 @@
 # that is already there; needs root (or sudo) only when it must install a Debian package.
 #
 #   scripts/install-dependencies.sh              build and test: a C toolchain for linking
-#                                                (rustc links through cc),
+#                                                (rustc links through cc), g++, cmake and
+#                                                libclang for llama.cpp (the router's
+#                                                local model, built from its vendored source),
 #                                                systemd-socket-activate (package systemd),
 #                                                bubblewrap and prlimit (the policy daemon's
 #                                                tool sandbox without systemd), and
@@ -13,6 +15,10 @@
 #   scripts/install-dependencies.sh packaging    also: cargo-deb (pinned), dpkg-dev,
 #                                                lintian, and debootstrap + systemd-nspawn for
 #                                                the system test
+#   scripts/install-dependencies.sh benchmarks   also: llama.cpp's own server (the pinned
+#                                                llama-cpp-python[server], built from source:
+#                                                about 10 minutes) for the local model
+#                                                benchmark's baseline
 source "$(dirname "$0")/lib.sh"
 
 # The cargo-deb release the packages are built and tested with.
@@ -23,6 +29,8 @@ command -v cargo >/dev/null || die "cargo not found: install the Rust toolchain 
 # Each program we need, and the Debian package that provides it.
 declare -A needed=(
   [cc]=gcc
+  [c++]=g++
+  [cmake]=cmake
   [systemd-socket-activate]=systemd
   [python3]=python3
   [bwrap]=bubblewrap
@@ -35,8 +43,8 @@ if [ "${1:-}" = packaging ]; then
     [debootstrap]=debootstrap
     [systemd-nspawn]=systemd-container
   )
-elif [ -n "${1:-}" ]; then
-  die "usage: scripts/install-dependencies.sh [packaging]"
+elif [ -n "${1:-}" ] && [ "$1" != benchmarks ]; then
+  die "usage: scripts/install-dependencies.sh [packaging|benchmarks]"
 fi
 
 missing=()
@@ -46,6 +54,10 @@ for program in "${!needed[@]}"; do
 done
 if ! [ -e /usr/include/stdio.h ]; then
   missing+=(libc6-dev)
+fi
+# bindgen (llama.cpp's Rust bindings) loads libclang and needs clang's own headers.
+if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null; then
+  missing+=(libclang-dev)
 fi
 # Debian's python3, whatever else is first on PATH; venv needs ensurepip (python3-venv).
 if ! [ -x /usr/bin/python3 ] || ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then
@@ -78,6 +90,22 @@ if ! [ -x "$python_environment/bin/python" ] ||
   /usr/bin/python3 -m venv "$python_environment"
   "$python_environment/bin/pip" install --quiet --disable-pip-version-check --requirement "$requirements"
   cp "$requirements" "$python_environment/requirements.txt"
+fi
+
+# The baseline of the local model benchmark: llama.cpp's server, built for this CPU as pip
+# builds it, in its own virtual environment.
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+if [ "${1:-}" = benchmarks ]; then
+  llama_environment="${XDG_CACHE_HOME:-$HOME/.cache}/synos/llama-cpp-server"
+  if ! [ -x "$llama_environment/bin/python" ] ||
+    [ "$(cat "$llama_environment/version" 2>/dev/null)" != "$LLAMA_CPP_PYTHON_VERSION" ]; then
+    say "building llama-cpp-python[server] $LLAMA_CPP_PYTHON_VERSION into $llama_environment (about 10 minutes)"
+    rm -rf "$llama_environment"
+    /usr/bin/python3 -m venv "$llama_environment"
+    "$llama_environment/bin/pip" install --quiet --disable-pip-version-check \
+      "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION"
+    echo "$LLAMA_CPP_PYTHON_VERSION" >"$llama_environment/version"
+  fi
 fi
 
 # The models the daemons ship with (the memory daemon's sentence-embedding model), which the

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds SynOS and runs all five daemons on built-in defaults (no config, no network, no root)
-# in a private directory, shows `synosctl status` and one answer from each daemon, then keeps
-# them running until Ctrl-C. With --once (or without a terminal) it stops after showing.
+# in a private directory, shows `synosctl status` and one answer from each daemon, asks one
+# question (answered by the local model), then keeps them running until Ctrl-C. With --once (or
+# without a terminal) it stops after showing.
 source "$(dirname "$0")/lib.sh"
 
 once=false
@@ -61,6 +62,8 @@ say "synosctl policy check --principal 'User::\"alice\"' --action llm.chat --res
 synosctl policy check --principal 'User::"alice"' --action llm.chat --resource 'Route::"default"'
 say "synosctl doctor report"
 synosctl doctor report
+say "synosctl ask --user alice 'What is the capital of France?'"
+synosctl ask --user alice --max-tokens 64 "What is the capital of France?"
 
 if $once; then
   exit 0

@@ -178,6 +178,23 @@ remember_and_recall() {
     grep -q "\"id\": \"$memory_id\"" "$work/recall.json" && cat "$work/recall.json"
 }
 check "memory: remembered as alice, recalled by meaning (vector search under the unit)" remember_and_recall
+ask_answered_locally() {
+  # The whole path under the hardened units: policy screens, memory recalls, the router loads
+  # and runs llama.cpp in-process (seccomp, no W+X, no /proc), policy redacts, memory remembers.
+  inside runuser -u alice -- synosctl ask --chat garden --max-tokens 24 \
+    "What is the capital of France?" >"$work/ask.out" 2>"$work/ask.err" &&
+    [ -s "$work/ask.out" ] && grep -q "^\[served by local/SmolLM2-135M-Instruct.Q4_1" "$work/ask.err" &&
+    grep -q "^\[remembered in chat:garden as " "$work/ask.err" || return 1
+  # STATUS= follows within the router's 2 s refresh.
+  for _ in $(seq 40); do
+    inside systemctl show --property=StatusText synos-llm-router.service >"$work/router-status.txt"
+    grep -q "local model SmolLM2-135M-Instruct.Q4_1 loaded (" "$work/router-status.txt" && break
+    sleep 0.1
+  done
+  cat "$work/ask.out" "$work/ask.err" "$work/router-status.txt"
+  grep -q "local model SmolLM2-135M-Instruct.Q4_1 loaded (" "$work/router-status.txt"
+}
+check "synosctl ask as alice: answered by the local model in the router's unit, remembered" ask_answered_locally
 
 http_get() { # http_get PATH [KEY] → the response's status line and body, over bash's /dev/tcp
   local authorization=""

@@ -67,6 +67,18 @@ pub fn require_embedding_model() {
     );
 }
 
+/// The router's shipped local model in [`model_directory`]; fails the test when it is missing,
+/// so tests of the local model cannot pass by never running it.
+pub fn require_local_model() -> PathBuf {
+    let file = model_directory().join("SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        file.is_file(),
+        "{} is missing: run scripts/fetch-models.sh (scripts/test.sh does)",
+        file.display()
+    );
+    file
+}
+
 /// The binary name of a daemon's short name, e.g. "memory" → "synos-memory".
 pub fn binary_name(short_name: &str) -> &'static str {
     synos_common::identity::daemon_binary(short_name)

@@ -46,7 +46,7 @@ fn milliseconds(duration: Option<prost_types::Duration>) -> Option<u128> {
     duration_from(duration).map(|duration| duration.as_millis())
 }
 
-fn attempts_json(attempts: &[api::Attempt]) -> Value {
+pub(crate) fn attempts_json(attempts: &[api::Attempt]) -> Value {
     Value::Array(
         attempts
             .iter()
@@ -61,7 +61,7 @@ fn attempts_json(attempts: &[api::Attempt]) -> Value {
     )
 }
 
-fn served_json(served: &api::Served) -> Value {
+pub(crate) fn served_json(served: &api::Served) -> Value {
     json!({
         "route": served.route, "provider": served.provider, "model": served.model,
         "attempts": attempts_json(&served.attempts),
@@ -73,7 +73,7 @@ fn served_json(served: &api::Served) -> Value {
 }
 
 /// "served by groq/llama-3.1 after 1 failed attempt; 18 tokens (counted), $0.000025".
-fn served_summary(served: &api::Served) -> String {
+pub(crate) fn served_summary(served: &api::Served) -> String {
     let failed = served.attempts.len().saturating_sub(1);
     let mut line = format!("served by {}/{}", served.provider, served.model);
     if failed > 0 {

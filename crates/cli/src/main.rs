@@ -1,5 +1,6 @@
 //! `synosctl`: one command-line client for every SynOS daemon.
 
+mod ask;
 mod commands;
 mod llm;
 mod memory;
@@ -40,6 +41,30 @@ enum Command {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+    },
+    /// Ask a question: recall memories, screen it, route it (streamed), redact the answer,
+    /// remember the exchange, and say who answered, how, with which memories, at what cost
+    Ask {
+        /// Whose memories to recall and whom the request is for [default: the login name]
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// The conversation: its memories are recalled, and the exchange is remembered in it
+        /// (else in the user's memories)
+        #[arg(long, value_name = "CHAT")]
+        chat: Option<String>,
+        /// The route to use
+        #[arg(long, default_value = "default")]
+        route: String,
+        /// Upper bound on generated tokens
+        #[arg(long, value_name = "N")]
+        max_tokens: Option<u32>,
+        /// Wait for the whole answer and print it as JSON with provider, attempts, usage,
+        /// memories, screening and redactions
+        #[arg(long)]
+        json: bool,
+        /// The question
+        #[arg(required = true, value_name = "QUESTION")]
+        question: Vec<String>,
     },
     /// The LLM router
     #[command(subcommand)]
@@ -410,6 +435,27 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match &cli.command {
             Command::Status { json } => commands::status(&cli, *json).await,
+            Command::Ask {
+                user,
+                chat,
+                route,
+                max_tokens,
+                json,
+                question,
+            } => {
+                ask::ask(
+                    &cli,
+                    ask::Question {
+                        words: question,
+                        user: user.as_deref(),
+                        chat: chat.as_deref(),
+                        route,
+                        max_tokens: *max_tokens,
+                        json: *json,
+                    },
+                )
+                .await
+            }
             Command::Llm(LlmCommand::Chat {
                 route,
                 max_tokens,

@@ -11,9 +11,26 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::identity::DaemonIdentity;
 
+/// Libraries that log at "info" what an operator reads as debugging, and the level they get
+/// unless the configured filter names them itself. llama.cpp reports every tensor and buffer
+/// of every model load and context at info.
+const QUIETER_LIBRARIES: [(&str, &str); 1] = [("llama-cpp-2", "warn")];
+
+/// The configured filter, with the quieter libraries' levels added where it does not name them.
+fn effective_filter(filter: &str) -> String {
+    let mut effective = filter.to_owned();
+    for (target, level) in QUIETER_LIBRARIES {
+        if !filter.contains(target) {
+            effective.push_str(&format!(",{target}={level}"));
+        }
+    }
+    effective
+}
+
 /// Installs the global subscriber with a `RUST_LOG`-style `filter` (already validated).
 pub fn init(identity: DaemonIdentity, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_new(effective_filter(filter)).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
         match tracing_journald::layer() {
@@ -59,4 +76,19 @@ fn stderr_is_journal() -> bool {
         .parse::<u64>()
         .is_ok_and(|device| device == stat.st_dev)
         && inode.parse::<u64>().is_ok_and(|inode| inode == stat.st_ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quieter_libraries_are_added_unless_named() {
+        assert_eq!(effective_filter("info"), "info,llama-cpp-2=warn");
+        assert_eq!(
+            effective_filter("debug,llama-cpp-2=debug"),
+            "debug,llama-cpp-2=debug"
+        );
+        assert!(EnvFilter::try_new(effective_filter("info")).is_ok());
+    }
 }

@@ -133,7 +133,8 @@ pub struct ProviderConfig {
     pub name: String,
     /// The protocol it speaks.
     pub kind: ProviderKind,
-    /// Base URL of its API, e.g. "http://127.0.0.1:11434/v1".
+    /// Base URL of its API, e.g. "http://127.0.0.1:11434/v1" (kind "openai" only).
+    #[serde(default)]
     pub base_url: String,
     /// Name of the credential to send as a bearer token; none for local servers.
     #[serde(default)]
@@ -156,6 +157,17 @@ pub struct ProviderConfig {
     /// Route model names to the provider's own, e.g. `{ "llama-3.1-8b" = "llama3.1:8b" }`.
     #[serde(default)]
     pub models: HashMap<String, String>,
+    /// The GGUF file a local provider runs; relative paths are under `$SYNOS_MODEL_DIR`
+    /// (kind "local" only; default: the shipped SmolLM2-135M-Instruct).
+    #[serde(default)]
+    pub model_file: Option<PathBuf>,
+    /// Threads a local provider's generation uses; 0 takes the physical cores hwaccel reports,
+    /// capped by the CPUs this process may use (affinity and the cgroup's `cpu.max`).
+    #[serde(default)]
+    pub threads: u32,
+    /// Tokens a local provider's context holds: prompt and answer together.
+    #[serde(default = "default_context_tokens")]
+    pub context_tokens: u32,
 }
 
 fn default_max_concurrency() -> u32 {
@@ -164,11 +176,73 @@ fn default_max_concurrency() -> u32 {
 fn default_max_reply_bytes() -> usize {
     32 * 1024 * 1024
 }
+fn default_context_tokens() -> u32 {
+    2048
+}
+
+/// The name of the local provider every route falls back to unless it says otherwise; built
+/// in when the configuration defines no provider of that name.
+pub const LOCAL_PROVIDER: &str = "local";
+/// The model the built-in local provider runs, under `$SYNOS_MODEL_DIR` (package
+/// synos-model-smollm2).
+pub const SHIPPED_LOCAL_MODEL: &str = "SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 impl ProviderConfig {
-    /// The provider's own name for `model`.
-    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
-        self.models.get(model).map_or(model, String::as_str)
+    /// The provider's own name for `model`; a local provider runs one model, named after its
+    /// file.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.kind {
+            ProviderKind::Local => std::borrow::Cow::Owned(self.local_model_name()),
+            ProviderKind::OpenAi => {
+                std::borrow::Cow::Borrowed(self.models.get(model).map_or(model, String::as_str))
+            }
+        }
+    }
+
+    /// The built-in local provider: the shipped model, free and trusted, generous timeouts
+    /// (the first request loads the model; it is the last resort, so better slow than never).
+    pub fn built_in_local() -> Self {
+        Self {
+            name: LOCAL_PROVIDER.to_owned(),
+            kind: ProviderKind::Local,
+            base_url: String::new(),
+            credential: None,
+            tier: Tier::Free,
+            trust: Trust::Local,
+            price: Some(Price::Named(PriceName::Free)),
+            timeouts: Timeouts {
+                first_token_ms: 60_000,
+                total_ms: 300_000,
+                ..Timeouts::default()
+            },
+            max_concurrency: 4,
+            max_reply_bytes: default_max_reply_bytes(),
+            models: HashMap::new(),
+            model_file: None,
+            threads: 0,
+            context_tokens: default_context_tokens(),
+        }
+    }
+
+    /// A local provider's model file, resolved against `model_directory`.
+    pub fn model_path(&self, model_directory: &std::path::Path) -> PathBuf {
+        let file = self
+            .model_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SHIPPED_LOCAL_MODEL));
+        model_directory.join(file)
+    }
+
+    /// A local provider's model name: its file's name without ".gguf".
+    pub fn local_model_name(&self) -> String {
+        let file = self
+            .model_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SHIPPED_LOCAL_MODEL));
+        file.file_stem().map_or_else(
+            || "local".to_owned(),
+            |stem| stem.to_string_lossy().into_owned(),
+        )
     }
 }
 
@@ -178,6 +252,8 @@ impl ProviderConfig {
 pub enum ProviderKind {
     /// OpenAI-compatible HTTP: remote APIs, LM Studio, Ollama, llama.cpp server.
     OpenAi,
+    /// A GGUF model run in the router's own process by llama.cpp, on the CPU.
+    Local,
 }
 
 impl ProviderKind {
@@ -185,6 +261,7 @@ impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OpenAi => "openai",
+            Self::Local => "local",
         }
     }
 }
@@ -345,7 +422,15 @@ pub struct RouteConfig {
     #[serde(default)]
     pub daily_budget_usd: Option<f64>,
     /// The entries, tried in order.
+    #[serde(default)]
     pub chain: Vec<ChainEntryConfig>,
+    /// The provider tried after the chain when it has not been tried already; "" for none.
+    #[serde(default = "default_last_resort")]
+    pub last_resort: String,
+}
+
+fn default_last_resort() -> String {
+    LOCAL_PROVIDER.to_owned()
 }
 
 fn default_max_tier() -> Tier {
@@ -367,7 +452,9 @@ fn default_backoff_ms() -> u64 {
 pub struct ChainEntryConfig {
     /// A `[[provider]]` name.
     pub provider: String,
-    /// The model to ask it for (mapped through the provider's `models`).
+    /// The model to ask it for (mapped through the provider's `models`); a local provider
+    /// runs its one model and needs none.
+    #[serde(default)]
     pub model: String,
 }
 
@@ -375,6 +462,46 @@ impl Config {
     /// The provider called `name`.
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|provider| provider.name == name)
+    }
+
+    /// The configuration as the router runs it: the built-in local provider when none is
+    /// called "local", a route "default" when none is, and each route's last resort appended
+    /// to its chain when the chain does not name it already. Applying it twice changes nothing.
+    #[must_use]
+    pub fn with_built_ins(mut self) -> Self {
+        if self.provider(LOCAL_PROVIDER).is_none() {
+            self.providers.push(ProviderConfig::built_in_local());
+        }
+        if !self
+            .routes
+            .iter()
+            .any(|route| route.name == crate::engine::DEFAULT_CHAT_ROUTE)
+        {
+            self.routes.push(RouteConfig {
+                name: crate::engine::DEFAULT_CHAT_ROUTE.to_owned(),
+                max_tier: default_max_tier(),
+                min_trust: default_min_trust(),
+                retries: default_retries(),
+                backoff_ms: default_backoff_ms(),
+                daily_budget_usd: None,
+                chain: Vec::new(),
+                last_resort: default_last_resort(),
+            });
+        }
+        for route in &mut self.routes {
+            if !route.last_resort.is_empty()
+                && !route
+                    .chain
+                    .iter()
+                    .any(|entry| entry.provider == route.last_resort)
+            {
+                route.chain.push(ChainEntryConfig {
+                    provider: route.last_resort.clone(),
+                    model: String::new(),
+                });
+            }
+        }
+        self
     }
 }
 
@@ -442,8 +569,11 @@ impl Settings for Config {
                 "must be a non-negative number of dollars",
             ));
         }
-        self.provider_problems(&mut problems);
-        self.route_problems(&mut problems);
+        // Routes are checked as the router runs them: with the built-in local provider and
+        // each route's last resort.
+        let effective = self.clone().with_built_ins();
+        effective.provider_problems(&mut problems);
+        effective.route_problems(&mut problems);
         problems
     }
 }
@@ -465,15 +595,26 @@ impl Config {
                     format!("provider {:?} is defined twice", provider.name),
                 ));
             }
-            if reqwest::Url::parse(&provider.base_url)
-                .ok()
-                .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
-                .is_none()
-            {
-                problems.push(Problem::new(
-                    key("base_url"),
-                    "must be an http:// or https:// URL with a host",
-                ));
+            match provider.kind {
+                ProviderKind::OpenAi => {
+                    if reqwest::Url::parse(&provider.base_url)
+                        .ok()
+                        .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+                        .is_none()
+                    {
+                        problems.push(Problem::new(
+                            key("base_url"),
+                            "must be an http:// or https:// URL with a host",
+                        ));
+                    }
+                    if provider.model_file.is_some() || provider.threads != 0 {
+                        problems.push(Problem::new(
+                            key("model_file"),
+                            "model_file and threads are for kind = \"local\" only",
+                        ));
+                    }
+                }
+                ProviderKind::Local => local_provider_problems(provider, &key, problems),
             }
             match provider.price {
                 None => problems.push(Problem::new(
@@ -551,7 +692,7 @@ impl Config {
             if route.chain.is_empty() {
                 problems.push(Problem::new(
                     key("chain"),
-                    "must name at least one provider",
+                    "must name at least one provider (or keep a last_resort)",
                 ));
             }
             if route.retries > 10 {
@@ -596,7 +737,7 @@ impl Config {
                         ),
                     ));
                 }
-                if entry.model.trim().is_empty() {
+                if entry.model.trim().is_empty() && provider.kind != ProviderKind::Local {
                     problems.push(Problem::new(
                         format!("route.{index}.chain.{position}.model"),
                         "must not be empty",
@@ -604,6 +745,50 @@ impl Config {
                 }
             }
         }
+    }
+}
+
+/// What a local provider must be: in-process, so free, trusted and without a URL or credential.
+fn local_provider_problems(
+    provider: &ProviderConfig,
+    key: &dyn Fn(&str) -> String,
+    problems: &mut Vec<Problem>,
+) {
+    if !provider.base_url.is_empty() || provider.credential.is_some() {
+        problems.push(Problem::new(
+            key("base_url"),
+            "a local provider runs in the router's process: no base_url and no credential",
+        ));
+    }
+    if provider.tier != Tier::Free
+        || provider.trust != Trust::Local
+        || provider.price != Some(Price::Named(PriceName::Free))
+    {
+        problems.push(Problem::new(
+            key("tier"),
+            "a local provider is tier = \"free\", trust = \"local\", price = \"free\"",
+        ));
+    }
+    if let Some(file) = &provider.model_file
+        && (file.as_os_str().is_empty()
+            || file.extension().is_none_or(|extension| extension != "gguf"))
+    {
+        problems.push(Problem::new(
+            key("model_file"),
+            "must name a .gguf file (relative paths are under $SYNOS_MODEL_DIR)",
+        ));
+    }
+    if !(256..=131_072).contains(&provider.context_tokens) {
+        problems.push(Problem::new(
+            key("context_tokens"),
+            "must be from 256 to 131072",
+        ));
+    }
+    if provider.threads > 1024 {
+        problems.push(Problem::new(
+            key("threads"),
+            "must be at most 1024 (0: automatic)",
+        ));
     }
 }
 

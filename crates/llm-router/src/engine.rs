@@ -14,12 +14,15 @@ use serde_json::{Map, Value};
 use synos_common::error::ErrorKind;
 
 use crate::accounting::{Charge, Ledger, estimate_tokens};
-use crate::config::{Config, Price, ProviderConfig, RouteConfig, Tier, Trust};
+use crate::config::{Config, Price, ProviderConfig, ProviderKind, RouteConfig, Tier, Trust};
 use crate::credentials::CredentialSources;
 use crate::keys::KeyStore;
+use crate::local::LocalModel;
 use crate::metrics::{AttemptLabels, Metrics, ProviderLabels, RequestLabels, TokenLabels};
 use crate::provider_state::{Admission, Breaker, ProviderSnapshot, ProviderState};
-use crate::upstream::{ChatReply, ChunkReader, Failure, StreamChunk, Upstream, with_model};
+use crate::upstream::{
+    ChatReply, ChunkReader, Failure, HttpProvider, StreamChunk, Upstream, with_model,
+};
 
 /// The route embeddings use when a request names none.
 pub(crate) const DEFAULT_EMBED_ROUTE: &str = "embed";
@@ -256,6 +259,15 @@ pub(crate) struct ProviderRuntime {
     pub(crate) state: Arc<ProviderState>,
 }
 
+/// Where local providers find their models and ask for the thread count.
+#[derive(Debug, Clone)]
+pub(crate) struct LocalEnvironment {
+    /// `$SYNOS_MODEL_DIR`: relative model files are under it.
+    pub(crate) model_directory: std::path::PathBuf,
+    /// hwaccel's socket, asked for the physical core count.
+    pub(crate) hwaccel_socket: std::path::PathBuf,
+}
+
 /// One configuration generation: replaced whole on reload, while requests in flight finish
 /// on the one they started with.
 #[derive(Debug)]
@@ -267,37 +279,69 @@ pub(crate) struct Topology {
 }
 
 impl Topology {
-    /// Builds the providers of `config`, keeping the live state of `previous` providers whose
-    /// name, address and concurrency are unchanged.
+    /// Builds the providers of `config` (with its built-ins), keeping the live state of
+    /// `previous` providers whose name, kind, address and concurrency are unchanged, and the
+    /// loaded model of local providers whose settings are unchanged.
     pub(crate) fn build(
         config: Config,
         previous: Option<&Self>,
         credentials: &CredentialSources,
+        local: &LocalEnvironment,
     ) -> Self {
+        let config = config.with_built_ins();
         let mut providers = HashMap::new();
         for provider in &config.providers {
-            let state = previous
-                .and_then(|previous| previous.providers.get(&provider.name))
+            let old = previous.and_then(|previous| previous.providers.get(&provider.name));
+            let state = old
                 .filter(|old| {
-                    old.config.base_url == provider.base_url
+                    old.config.kind == provider.kind
+                        && old.config.base_url == provider.base_url
                         && old.config.max_concurrency == provider.max_concurrency
                 })
                 .map_or_else(
                     || Arc::new(ProviderState::new(provider.max_concurrency)),
                     |old| Arc::clone(&old.state),
                 );
-            let credential = match &provider.credential {
-                None => Ok(None),
-                Some(name) => credentials.resolve(name).map(Some),
+            let upstream = match provider.kind {
+                ProviderKind::OpenAi => {
+                    let credential = match &provider.credential {
+                        None => Ok(None),
+                        Some(name) => credentials.resolve(name).map(Some),
+                    };
+                    credential
+                        .and_then(|credential| HttpProvider::new(provider, credential))
+                        .map(|http| Upstream::Http(Box::new(http)))
+                }
+                ProviderKind::Local => {
+                    let kept = old.and_then(|old| match &old.upstream {
+                        Some(Upstream::Local(model))
+                            if model.same_as(provider, &local.model_directory) =>
+                        {
+                            Some(Arc::clone(model))
+                        }
+                        _ => None,
+                    });
+                    kept.map_or_else(
+                        || {
+                            LocalModel::new(
+                                provider,
+                                &local.model_directory,
+                                local.hwaccel_socket.clone(),
+                            )
+                            .map(Arc::new)
+                        },
+                        Ok,
+                    )
+                    .map(Upstream::Local)
+                }
             };
-            let (upstream, problem) =
-                match credential.and_then(|credential| Upstream::new(provider, credential)) {
-                    Ok(upstream) => (Some(upstream), None),
-                    Err(problem) => {
-                        tracing::warn!(provider = %provider.name, %problem, "provider unusable");
-                        (None, Some(problem))
-                    }
-                };
+            let (upstream, problem) = match upstream {
+                Ok(upstream) => (Some(upstream), None),
+                Err(problem) => {
+                    tracing::warn!(provider = %provider.name, %problem, "provider unusable");
+                    (None, Some(problem))
+                }
+            };
             providers.insert(
                 provider.name.clone(),
                 Arc::new(ProviderRuntime {
@@ -351,6 +395,7 @@ pub(crate) enum StreamItem {
 pub(crate) struct Engine {
     topology: ArcSwap<Topology>,
     credentials: CredentialSources,
+    local: LocalEnvironment,
     /// Usage and budgets.
     pub(crate) ledger: Ledger,
     /// HTTP bearer keys.
@@ -372,14 +417,16 @@ impl Engine {
     pub(crate) fn new(
         config: Config,
         credentials: CredentialSources,
+        local: LocalEnvironment,
         ledger: Ledger,
         keys: KeyStore,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let topology = Topology::build(config, None, &credentials);
+        let topology = Topology::build(config, None, &credentials, &local);
         let engine = Self {
             topology: ArcSwap::from_pointee(topology),
             credentials,
+            local,
             ledger,
             keys,
             metrics,
@@ -396,10 +443,35 @@ impl Engine {
     /// Switches to a new configuration; requests in flight finish on the old one.
     pub(crate) fn apply(&self, config: Config) {
         let previous = self.topology.load_full();
-        let next = Topology::build(config, Some(&previous), &self.credentials);
+        let next = Topology::build(config, Some(&previous), &self.credentials, &self.local);
         self.topology.store(Arc::new(next));
         self.metrics.provider_state.clear();
         self.update_state_metrics();
+    }
+
+    /// "local model SmolLM2-135M-Instruct.Q4_1 loaded (…)" for each local provider, for the
+    /// status line.
+    pub(crate) fn local_models_summary(&self) -> Vec<String> {
+        let topology = self.topology.load();
+        let mut lines: Vec<String> = topology
+            .providers
+            .values()
+            .filter_map(|provider| match &provider.upstream {
+                Some(Upstream::Local(model)) => Some(format!(
+                    "local model {} {}",
+                    model.model_name(),
+                    model.load_state().describe()
+                )),
+                None if provider.config.kind == ProviderKind::Local => Some(format!(
+                    "local provider {} unusable: {}",
+                    provider.config.name,
+                    provider.problem.clone().unwrap_or_default()
+                )),
+                _ => None,
+            })
+            .collect();
+        lines.sort();
+        lines
     }
 
     /// Refreshes the one-hot provider state gauges.
@@ -480,7 +552,7 @@ impl Engine {
             let Some(provider) = topology.providers.get(&entry.provider) else {
                 continue;
             };
-            let model = provider.config.upstream_model(&entry.model).to_owned();
+            let model = provider.config.upstream_model(&entry.model).into_owned();
             let mut record = |outcome: Outcome, detail: String, latency: Duration| {
                 self.metrics
                     .attempts

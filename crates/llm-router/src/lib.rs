@@ -8,6 +8,7 @@ mod credentials;
 mod engine;
 mod http;
 mod keys;
+mod local;
 mod metrics;
 mod provider_state;
 mod service;
@@ -16,7 +17,10 @@ mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Config, ProviderConfig, ProviderKind, RouteConfig, Tier, Trust};
+pub use config::{
+    Config, LOCAL_PROVIDER, ProviderConfig, ProviderKind, RouteConfig, SHIPPED_LOCAL_MODEL, Tier,
+    Trust,
+};
 use synos_common::config::Reloads;
 use synos_common::systemd::StatusLine;
 use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdown};
@@ -24,7 +28,7 @@ use synos_proto::llm::v1::router_server::RouterServer;
 
 use crate::accounting::Ledger;
 use crate::credentials::CredentialSources;
-use crate::engine::Engine;
+use crate::engine::{Engine, LocalEnvironment};
 use crate::keys::KeyStore;
 
 /// The router's fixed names.
@@ -37,12 +41,17 @@ pub const IDENTITY: DaemonIdentity = DaemonIdentity {
 /// How often usage is written to the state directory.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(2);
 
-fn summary(config: &Config, http: &str, state_problem: Option<&str>) -> String {
+fn summary(engine: &Engine, http: &str, state_problem: Option<&str>) -> String {
+    let topology = engine.topology();
     let mut line = format!(
         "serving; {} providers, {} routes; HTTP {http}",
-        config.providers.len(),
-        config.routes.len()
+        topology.config.providers.len(),
+        topology.config.routes.len()
     );
+    for local in engine.local_models_summary() {
+        line.push_str("; ");
+        line.push_str(&local);
+    }
     if let Some(problem) = state_problem {
         line.push_str("; DEGRADED: ");
         line.push_str(problem);
@@ -73,9 +82,14 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
     let (metrics, registry) = metrics::Metrics::new();
     let (ledger, keys, state_problem) = open_stores(&config);
     let credentials = CredentialSources::from_environment(&config.settings.credentials.file);
+    let local = LocalEnvironment {
+        model_directory: config.directories.models.clone(),
+        hwaccel_socket: config.directories.socket_path("hwaccel"),
+    };
     let engine = Arc::new(Engine::new(
         config.settings.clone(),
         credentials,
+        local,
         ledger,
         keys,
         metrics,
@@ -113,7 +127,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         }
     }
     let status = StatusLine::new(summary(
-        &config.settings,
+        &engine,
         &http_description,
         state_problem.as_deref(),
     ));
@@ -167,6 +181,8 @@ async fn background_tasks(
                     tracing::error!(%error, "usage not saved; retrying");
                 }
                 engine.update_state_metrics();
+                // The local model loads on first use; the status line says when it has.
+                status.set(summary(&engine, &http_description, state_problem.as_deref()));
             }
             reloaded = reloads.next(), if reloading => {
                 let Some(settings) = reloaded else {
@@ -177,8 +193,8 @@ async fn background_tasks(
                 if settings.http != running.config.http || settings.server != running.config.server {
                     tracing::warn!("SIGHUP: [http] and [server] changes apply on restart");
                 }
-                status.set(summary(&settings, &http_description, state_problem.as_deref()));
                 engine.apply(Config::clone(&settings));
+                status.set(summary(&engine, &http_description, state_problem.as_deref()));
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::engine::{
     RouteError, Served, StreamItem,
 };
 use crate::provider_state::Breaker;
+use crate::upstream::Upstream;
 
 /// The principal of requests that name none.
 pub(crate) const LOCAL_PRINCIPAL: &str = "local";
@@ -69,6 +70,23 @@ impl RouterService {
                 "temperature".to_owned(),
                 Value::from(f64::from(temperature)),
             );
+        }
+        if let Some(top_p) = request.top_p {
+            if !(top_p > 0.0 && top_p <= 1.0) {
+                return Err(self.invalid("top_p: must be in (0, 1]".to_owned()));
+            }
+            fields.insert("top_p".to_owned(), Value::from(f64::from(top_p)));
+        }
+        if !request.stop.is_empty() {
+            if request.stop.len() > 4 || request.stop.iter().any(String::is_empty) {
+                return Err(
+                    self.invalid("stop: at most 4 sequences, none of them empty".to_owned())
+                );
+            }
+            fields.insert("stop".to_owned(), Value::from(request.stop));
+        }
+        if let Some(seed) = request.seed {
+            fields.insert("seed".to_owned(), Value::from(seed));
         }
         Ok(ChatCall {
             route: non_empty_or(request.route, DEFAULT_CHAT_ROUTE),
@@ -477,12 +495,22 @@ fn provider_to_api(provider: &crate::engine::ProviderRuntime) -> api::Provider {
                 .map(|(_, reason)| reason.clone())
                 .unwrap_or_default(),
         ),
-        Condition::Available => (api::ProviderState::Available, String::new()),
+        Condition::Available => match &provider.upstream {
+            Some(Upstream::Local(model)) => (
+                api::ProviderState::Available,
+                format!("model {}", model.load_state().describe()),
+            ),
+            _ => (api::ProviderState::Available, String::new()),
+        },
+    };
+    let location = match &provider.upstream {
+        Some(Upstream::Local(model)) => model.file().display().to_string(),
+        _ => provider.config.base_url.clone(),
     };
     api::Provider {
         name: provider.config.name.clone(),
         kind: provider.config.kind.as_str().to_owned(),
-        base_url: provider.config.base_url.clone(),
+        base_url: location,
         state: state.into(),
         tier: tier_to_api(provider.config.tier).into(),
         trust: trust_to_api(provider.config.trust).into(),

@@ -1,11 +1,13 @@
-//! Calls to one OpenAI-compatible provider: chat completions (whole or streamed over SSE) and
-//! embeddings, with every way a reply can go wrong turned into a classified [`Failure`].
+//! Calls to one provider: chat completions (whole or streamed over SSE) and embeddings from an
+//! OpenAI-compatible HTTP API, with every way a reply can go wrong turned into a classified
+//! [`Failure`]. [`Upstream`] puts the local model (`local.rs`) behind the same face.
 //!
 //! Timeouts: `connect` is the HTTP client's; `first_token` bounds everything up to the first
 //! generated text (or, unstreamed, the response headers); `idle` bounds each silence between
 //! chunks; `total` bounds the whole request. A reply is read with a size limit, so a provider
 //! cannot exhaust the router's memory.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
@@ -14,6 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{ProviderConfig, Timeouts};
 use crate::credentials::Secret;
+use crate::local::{LocalChunks, LocalModel};
 
 /// How a provider failed one attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,9 +150,51 @@ pub(crate) struct OpenStream {
     pub(crate) time_to_first_token: Duration,
 }
 
+/// How the router reaches one provider: over HTTP, or in its own process.
+#[derive(Debug, Clone)]
+pub(crate) enum Upstream {
+    /// An OpenAI-compatible HTTP API (boxed: a client is far larger than the local handle).
+    Http(Box<HttpProvider>),
+    /// The in-process local model.
+    Local(Arc<LocalModel>),
+}
+
+impl Upstream {
+    /// A whole chat completion for `body` (which already names the model).
+    pub(crate) async fn chat(&self, body: &Value) -> Result<ChatReply, Failure> {
+        match self {
+            Self::Http(http) => http.chat(body).await,
+            Self::Local(local) => local.chat(body).await,
+        }
+    }
+
+    /// Starts a streamed chat completion and waits for its first output.
+    pub(crate) async fn chat_stream(&self, body: &Value) -> Result<OpenStream, Failure> {
+        match self {
+            Self::Http(http) => http.chat_stream(body).await,
+            Self::Local(local) => local.chat_stream(body).await,
+        }
+    }
+
+    /// Embeddings for `body`; one vector per input.
+    pub(crate) async fn embed(
+        &self,
+        body: &Value,
+        inputs: usize,
+    ) -> Result<(Vec<Vec<f32>>, Option<u64>), Failure> {
+        match self {
+            Self::Http(http) => http.embed(body, inputs).await,
+            Self::Local(_) => Err(Failure::Rejected {
+                status: 400,
+                message: "a local provider serves chat completions, not embeddings".to_owned(),
+            }),
+        }
+    }
+}
+
 /// One provider's HTTP client.
 #[derive(Debug, Clone)]
-pub(crate) struct Upstream {
+pub(crate) struct HttpProvider {
     client: reqwest::Client,
     chat_url: Url,
     embeddings_url: Url,
@@ -158,7 +203,7 @@ pub(crate) struct Upstream {
     max_reply_bytes: usize,
 }
 
-impl Upstream {
+impl HttpProvider {
     /// A client for `provider` (its URL was validated with the configuration).
     pub(crate) fn new(
         provider: &ProviderConfig,
@@ -293,7 +338,7 @@ impl Upstream {
             .send(&self.chat_url, body, first_token_deadline)
             .await?;
         expect_content_type(response.headers(), "text/event-stream")?;
-        let mut rest = ChunkReader {
+        let mut rest = EventReader {
             body: BodyReader::new(response, self.max_reply_bytes, self.timeouts.idle()),
             buffer: Vec::new(),
             deadline: total,
@@ -321,7 +366,7 @@ impl Upstream {
                     if has_output {
                         return Ok(OpenStream {
                             first,
-                            rest,
+                            rest: ChunkReader::Http(rest),
                             time_to_first_token: started.elapsed(),
                         });
                     }
@@ -542,16 +587,35 @@ impl BodyReader {
     }
 }
 
+/// The rest of a streamed chat completion, from either kind of provider.
+#[derive(Debug)]
+pub(crate) enum ChunkReader {
+    /// Server-sent events over HTTP.
+    Http(EventReader),
+    /// The local model's generation.
+    Local(LocalChunks),
+}
+
+impl ChunkReader {
+    /// The next chunk; `None` when the answer is complete.
+    pub(crate) async fn next(&mut self) -> Result<Option<StreamChunk>, Failure> {
+        match self {
+            Self::Http(events) => events.next().await,
+            Self::Local(chunks) => chunks.next().await,
+        }
+    }
+}
+
 /// Reads server-sent events from a streamed chat completion, one chunk at a time.
 #[derive(Debug)]
-pub(crate) struct ChunkReader {
+pub(crate) struct EventReader {
     body: BodyReader,
     buffer: Vec<u8>,
     deadline: Instant,
     finished: bool,
 }
 
-impl ChunkReader {
+impl EventReader {
     /// The next chunk; `None` after `data: [DONE]`. A stream that ends without `[DONE]` and
     /// without a finish reason is broken, not finished.
     pub(crate) async fn next(&mut self) -> Result<Option<StreamChunk>, Failure> {

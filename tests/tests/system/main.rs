@@ -6,7 +6,9 @@
 )]
 
 mod apis;
+mod ask;
 mod daemons;
+mod local_model;
 mod memory;
 mod policy;
 mod router;

@@ -37,14 +37,16 @@ timeouts = {{ connect_ms = 500, first_token_ms = 2000, idle_ms = 2000, total_ms 
     )
 }
 
-/// A `[[route]]` block over `chain` (provider names, each asked for model "m").
+/// A `[[route]]` block over `chain` (provider names, each asked for model "m"), without the
+/// local model as last resort: these tests watch the chain's own decisions (local_model.rs
+/// tests the last resort).
 fn route(name: &str, chain: &[&str], extra: &str) -> String {
     let entries: Vec<String> = chain
         .iter()
         .map(|provider| format!("{{ provider = \"{provider}\", model = \"m-{provider}\" }}"))
         .collect();
     format!(
-        "\n[[route]]\nname = \"{name}\"\nretries = 0\nbackoff_ms = 10\n{extra}\nchain = [{}]\n",
+        "\n[[route]]\nname = \"{name}\"\nretries = 0\nbackoff_ms = 10\nlast_resort = \"\"\n{extra}\nchain = [{}]\n",
         entries.join(", ")
     )
 }
@@ -671,7 +673,7 @@ async fn configuration_errors_name_the_key_and_the_reason() {
             "key `route.0.chain.0.provider`: no provider is called \"nobody\"",
         ),
         (
-            priced.clone() + "\n[[route]]\nname = \"default\"\nchain = []\n",
+            priced.clone() + "\n[[route]]\nname = \"default\"\nlast_resort = \"\"\nchain = []\n",
             "key `route.0.chain`: must name at least one provider",
         ),
         (

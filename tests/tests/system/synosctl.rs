@@ -90,11 +90,17 @@ async fn per_daemon_commands_print_answers_and_fail_clearly() {
     assert_eq!(code, 0);
     assert!(stdout.contains("(writable)"), "{stdout}");
 
+    // With no configuration the router has its built-in local model, not yet loaded.
     let (code, stdout, _) = synosctl(&sandbox, &["llm", "providers", "--json"]);
     assert_eq!(code, 0);
+    let providers =
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["providers"].clone();
+    assert_eq!(providers.as_array().unwrap().len(), 1, "{providers}");
+    assert_eq!(providers[0]["name"], "local");
+    assert_eq!(providers[0]["kind"], "local");
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["providers"],
-        serde_json::json!([])
+        providers[0]["state_reason"],
+        "model not loaded (loads on first use)"
     );
 
     let check = |principal: &str, action: &str| {

@@ -28,6 +28,15 @@ pub struct ChatRequest {
     /// Tightens the route's trust floor for this request; never loosens it.
     #[prost(enumeration = "Trust", tag = "7")]
     pub min_trust: i32,
+    /// Nucleus sampling: only the most likely tokens whose probabilities add up to top_p, in (0, 1\].
+    #[prost(float, optional, tag = "8")]
+    pub top_p: ::core::option::Option<f32>,
+    /// Up to 4 sequences at which generation stops; the sequence itself is not returned.
+    #[prost(string, repeated, tag = "9")]
+    pub stop: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Makes sampling repeatable where the provider supports it (the local model does).
+    #[prost(int64, optional, tag = "10")]
+    pub seed: ::core::option::Option<i64>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ChatResponse {
