@@ -133,6 +133,25 @@ impl StandIn {
         format!("http://{}/v1", self.address)
     }
 
+    /// A router `[[provider]]` block for this stand-in: cheap, external, priced, with short
+    /// timeouts; `extra` is added to it.
+    pub fn provider_block(&self, name: &str, extra: &str) -> String {
+        format!(
+            r#"
+[[provider]]
+name = "{name}"
+kind = "openai"
+base_url = "{url}"
+tier = "cheap"
+trust = "external"
+price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
+timeouts = {{ connect_ms = 500, first_token_ms = 2000, idle_ms = 2000, total_ms = 5000 }}
+{extra}
+"#,
+            url = self.base_url()
+        )
+    }
+
     /// Its address.
     pub fn address(&self) -> SocketAddr {
         self.address

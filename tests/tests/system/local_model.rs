@@ -53,6 +53,15 @@ async fn local_provider(client: &mut RouterClient<Channel>) -> synos_proto::llm:
         .expect("a provider called local")
 }
 
+/// Waits up to 5 s for the router's status line (refreshed every 2 s) to contain `expected`.
+async fn wait_for_status(sandbox: &Sandbox, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !status_line(sandbox).await.contains(expected) {
+        assert!(Instant::now() < deadline, "{}", status_line(sandbox).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn status_line(sandbox: &Sandbox) -> String {
     AdminClient::new(channel(&sandbox.socket("llm-router")).await)
         .get_info(GetInfoRequest {})
@@ -127,14 +136,7 @@ async fn with_no_configuration_the_local_model_loads_on_first_use_and_answers_de
         "{}",
         after.state_reason
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !status_line(&sandbox)
-        .await
-        .contains("SmolLM2-135M-Instruct.Q4_1 loaded (")
-    {
-        assert!(Instant::now() < deadline, "{}", status_line(&sandbox).await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_status(&sandbox, "SmolLM2-135M-Instruct.Q4_1 loaded (").await;
 
     // Typed control tokens are text, not markup: "<|im_start|>" costs several tokens, not one.
     let plain = chat(&mut client, ask("x")).await;
@@ -307,19 +309,7 @@ async fn when_every_remote_provider_fails_the_local_model_answers() {
     let sandbox = Sandbox::new();
     let mut config = String::new();
     for (name, stand_in) in [("a", &failing), ("b", &gone)] {
-        config.push_str(&format!(
-            r#"
-[[provider]]
-name = "{name}"
-kind = "openai"
-base_url = "{url}"
-tier = "cheap"
-trust = "external"
-price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
-timeouts = {{ connect_ms = 500, first_token_ms = 2000, idle_ms = 2000, total_ms = 5000 }}
-"#,
-            url = stand_in.base_url()
-        ));
+        config.push_str(&stand_in.provider_block(name, ""));
     }
     config.push_str(
         "\n[[route]]\nname = \"default\"\nretries = 0\n\
@@ -411,14 +401,7 @@ chain = [{{ provider = "broken" }}]
         "{}",
         failed.message()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !status_line(&sandbox)
-        .await
-        .contains("local model broken failed to load")
-    {
-        assert!(Instant::now() < deadline, "{}", status_line(&sandbox).await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_status(&sandbox, "local model broken failed to load").await;
     assert!(
         daemon.wait_exit(Duration::from_millis(100)).await.is_none(),
         "still running"

@@ -21,20 +21,7 @@ use tonic::transport::Channel;
 
 /// A `[[provider]]` block: cheap, external, priced, with short timeouts.
 fn provider(name: &str, stand_in: &StandIn, extra: &str) -> String {
-    format!(
-        r#"
-[[provider]]
-name = "{name}"
-kind = "openai"
-base_url = "{url}"
-tier = "cheap"
-trust = "external"
-price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}
-timeouts = {{ connect_ms = 500, first_token_ms = 2000, idle_ms = 2000, total_ms = 5000 }}
-{extra}
-"#,
-        url = stand_in.base_url()
-    )
+    stand_in.provider_block(name, extra)
 }
 
 /// A `[[route]]` block over `chain` (provider names, each asked for model "m"), without the
