@@ -101,7 +101,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Medians of `runs` samples: (time to first token in ms, prompt tok/s, generation tok/s,
-/// prompt tokens, generated tokens).
+/// prompt tokens, generated tokens). llama-cpp-python's server reports no usage when
+/// streaming; `prompt_tokens` (the router's count for the same prompt, the same template and
+/// tokenizer) stands in for it.
 async fn case(
     client: &reqwest::Client,
     url: &str,
@@ -109,12 +111,15 @@ async fn case(
     prompt: &str,
     max_tokens: u32,
     runs: usize,
+    prompt_tokens: Option<u64>,
 ) -> (f64, f64, f64, u64, u64) {
-    // One unmeasured request: loading, caches, first allocations.
-    measure(client, url, key, prompt, max_tokens).await;
+    // One unmeasured request: loading, caches, first allocations. Each request's prompt starts
+    // differently, so neither engine answers from a cache of the previous identical prompt
+    // (llama.cpp's server keeps one).
+    measure(client, url, key, &format!("(0) {prompt}"), max_tokens).await;
     let mut samples = Vec::new();
-    for _ in 0..runs {
-        samples.push(measure(client, url, key, prompt, max_tokens).await);
+    for run in 1..=runs {
+        samples.push(measure(client, url, key, &format!("({run}) {prompt}"), max_tokens).await);
     }
     let first_token = median(
         samples
@@ -125,7 +130,10 @@ async fn case(
     let prompt_speed = median(
         samples
             .iter()
-            .map(|sample| sample.prompt_tokens as f64 / sample.time_to_first_token.as_secs_f64())
+            .map(|sample| {
+                let tokens = prompt_tokens.unwrap_or(sample.prompt_tokens);
+                tokens as f64 / sample.time_to_first_token.as_secs_f64()
+            })
             .collect(),
     );
     // The first token arrives with the first content; the rest come in `generation`.
@@ -142,7 +150,7 @@ async fn case(
         first_token,
         prompt_speed,
         generation_speed,
-        last.prompt_tokens,
+        prompt_tokens.unwrap_or(last.prompt_tokens),
         last.generated_tokens,
     )
 }
@@ -258,9 +266,18 @@ async fn main() {
         "case", "engine", "first ms", "prompt tok", "prompt tok/s", "gen tok/s"
     );
     for (name, prompt, max_tokens) in cases {
-        // Interleaved: the baseline first, then the router, for each case.
-        let baseline = case(&client, &server_url, "none", prompt, max_tokens, runs).await;
-        let ours = case(&client, &router_url, &key, prompt, max_tokens, runs).await;
+        // Interleaved: the router, then the baseline, for each case.
+        let ours = case(&client, &router_url, &key, prompt, max_tokens, runs, None).await;
+        let baseline = case(
+            &client,
+            &server_url,
+            "none",
+            prompt,
+            max_tokens,
+            runs,
+            Some(ours.3),
+        )
+        .await;
         for (engine, figures) in [("llama.cpp server", baseline), ("synos router", ours)] {
             println!(
                 "{name:<26} {engine:<14} {:>9.1} {:>10} {:>12.1} {:>12.1}",
