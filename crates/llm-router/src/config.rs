@@ -24,6 +24,8 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Per-principal daily spending limits.
     pub budgets: BudgetsConfig,
+    /// Screening every prompt through synos-policy.
+    pub policy: PolicyGateConfig,
     /// The providers, in the order they are listed (`[[provider]]`).
     #[serde(rename = "provider")]
     pub providers: Vec<ProviderConfig>,
@@ -103,6 +105,42 @@ impl Default for BreakerConfig {
             cooldown_ms: 5_000,
         }
     }
+}
+
+/// `[policy]`: the gate that screens every prompt through synos-policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyGateConfig {
+    /// Whether prompts are screened.
+    pub gate: GateMode,
+    /// What happens when synos-policy cannot be reached.
+    pub when_unreachable: Unreachable,
+    /// synos-policy's socket; default `$SYNOS_RUNTIME_DIR/policy.sock`.
+    pub socket: Option<PathBuf>,
+}
+
+/// `[policy] gate`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GateMode {
+    /// On whenever synos-policy's socket exists.
+    #[default]
+    Auto,
+    /// Always on: without policy, `when_unreachable` decides.
+    On,
+    /// Never screened.
+    Off,
+}
+
+/// `[policy] when_unreachable`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unreachable {
+    /// Fail closed: refuse the request.
+    #[default]
+    Refuse,
+    /// Fail open: route it unscreened, counted and logged.
+    Allow,
 }
 
 /// `[budgets]`.

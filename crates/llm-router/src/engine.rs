@@ -16,6 +16,7 @@ use synos_common::error::ErrorKind;
 use crate::accounting::{Charge, Ledger, estimate_tokens};
 use crate::config::{Config, Price, ProviderConfig, ProviderKind, RouteConfig, Tier, Trust};
 use crate::credentials::CredentialSources;
+use crate::gate::{Gate, Screening};
 use crate::keys::KeyStore;
 use crate::local::LocalModel;
 use crate::metrics::{AttemptLabels, Metrics, ProviderLabels, RequestLabels, TokenLabels};
@@ -177,6 +178,17 @@ pub(crate) enum RouteError {
     /// The request itself is malformed.
     #[error("{0}")]
     InvalidRequest(String),
+    /// Policy screened the prompt as an attack.
+    #[error("{message}")]
+    Blocked {
+        /// What was refused and why.
+        message: String,
+        /// The matched rules.
+        rules: Vec<String>,
+    },
+    /// Policy could not screen the prompt and the stance is to refuse.
+    #[error("{0}")]
+    PolicyUnavailable(String),
 }
 
 impl RouteError {
@@ -197,7 +209,8 @@ impl RouteError {
             Self::Exhausted { rejected: true, .. } | Self::InvalidRequest(_) => {
                 ErrorKind::InvalidArgument
             }
-            Self::Exhausted { .. } => ErrorKind::Unavailable,
+            Self::Exhausted { .. } | Self::PolicyUnavailable(_) => ErrorKind::Unavailable,
+            Self::Blocked { .. } => ErrorKind::PermissionDenied,
         }
     }
 
@@ -209,6 +222,8 @@ impl RouteError {
             Self::NotAllowed { .. } => "not_allowed",
             Self::Exhausted { .. } => "exhausted",
             Self::InvalidRequest(_) => "invalid_request",
+            Self::Blocked { .. } => "blocked",
+            Self::PolicyUnavailable(_) => "policy_unavailable",
         }
     }
 }
@@ -259,13 +274,15 @@ pub(crate) struct ProviderRuntime {
     pub(crate) state: Arc<ProviderState>,
 }
 
-/// Where local providers find their models and ask for the thread count.
+/// The paths on this machine the router reaches beyond its providers.
 #[derive(Debug, Clone)]
 pub(crate) struct LocalEnvironment {
     /// `$SYNOS_MODEL_DIR`: relative model files are under it.
     pub(crate) model_directory: std::path::PathBuf,
     /// hwaccel's socket, asked for the physical core count.
     pub(crate) hwaccel_socket: std::path::PathBuf,
+    /// policy's socket, which the gate screens prompts through unless configured otherwise.
+    pub(crate) policy_socket: std::path::PathBuf,
 }
 
 /// One configuration generation: replaced whole on reload, while requests in flight finish
@@ -276,6 +293,8 @@ pub(crate) struct Topology {
     pub(crate) config: Config,
     /// Providers by name.
     pub(crate) providers: HashMap<String, Arc<ProviderRuntime>>,
+    /// The policy gate (kept across reloads that leave `[policy]` unchanged).
+    pub(crate) gate: Arc<Gate>,
 }
 
 impl Topology {
@@ -352,7 +371,23 @@ impl Topology {
                 }),
             );
         }
-        Self { config, providers }
+        let gate = previous
+            .map(|previous| &previous.gate)
+            .filter(|gate| gate.same_as(&config.policy))
+            .map_or_else(
+                || {
+                    Arc::new(Gate::new(
+                        config.policy.clone(),
+                        local.policy_socket.clone(),
+                    ))
+                },
+                Arc::clone,
+            );
+        Self {
+            config,
+            providers,
+            gate,
+        }
     }
 }
 
@@ -802,8 +837,34 @@ impl Engine {
         }
     }
 
+    /// Screens `call`'s prompt through the gate of the current configuration; a refusal is
+    /// counted as a finished request.
+    async fn screen(&self, call: &ChatCall) -> Result<(), RouteError> {
+        let started = Instant::now();
+        let gate = Arc::clone(&self.topology().gate);
+        let outcome = gate.screen(call).await;
+        let label = match &outcome {
+            Ok(Screening::Passed) => "passed",
+            Ok(Screening::Off) => "off",
+            Ok(Screening::Unscreened(_)) => "unscreened",
+            Err(error) => error.label(),
+        };
+        self.metrics
+            .screenings
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: label.to_owned(),
+            })
+            .inc();
+        if let Err(error) = outcome {
+            self.observe_request(&call.route, "", error.label(), started.elapsed(), None);
+            return Err(error);
+        }
+        Ok(())
+    }
+
     /// A whole chat completion.
     pub(crate) async fn chat(&self, call: ChatCall) -> Result<(ChatReply, Served), RouteError> {
+        self.screen(&call).await?;
         let prompt_length = call.prompt_length();
         self.complete(
             &call.route,
@@ -832,6 +893,7 @@ impl Engine {
     /// Starts a streamed chat completion: fails over until a provider produces its first
     /// output, then hands back the open stream.
     pub(crate) async fn chat_stream(&self, call: ChatCall) -> Result<OpenedStream, RouteError> {
+        self.screen(&call).await?;
         let started = Instant::now();
         let topology = self.topology();
         let mut fields = call.fields.clone();

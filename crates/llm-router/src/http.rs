@@ -217,6 +217,18 @@ fn route_error_response(route_error: &RouteError) -> Response {
             "no_provider_available",
             &message,
         ),
+        RouteError::Blocked { .. } => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "prompt_blocked",
+            &message,
+        ),
+        RouteError::PolicyUnavailable(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "policy_unavailable",
+            &message,
+        ),
     };
     if let Some(served) = route_error.served() {
         add_served_headers(response.headers_mut(), served);

@@ -6,6 +6,7 @@ mod accounting;
 mod config;
 mod credentials;
 mod engine;
+mod gate;
 mod http;
 mod keys;
 mod local;
@@ -48,6 +49,8 @@ fn summary(engine: &Engine, http: &str, state_problem: Option<&str>) -> String {
         topology.config.providers.len(),
         topology.config.routes.len()
     );
+    line.push_str("; ");
+    line.push_str(&topology.gate.describe());
     for local in engine.local_models_summary() {
         line.push_str("; ");
         line.push_str(&local);
@@ -85,6 +88,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
     let local = LocalEnvironment {
         model_directory: config.directories.models.clone(),
         hwaccel_socket: config.directories.socket_path("hwaccel"),
+        policy_socket: config.directories.socket_path("policy"),
     };
     let engine = Arc::new(Engine::new(
         config.settings.clone(),

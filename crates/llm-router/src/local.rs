@@ -164,13 +164,16 @@ impl std::fmt::Debug for Loaded {
 }
 
 impl LocalModel {
-    /// The local provider `provider` (kind "local"), not yet loaded. A missing model file is a
-    /// problem reported at once, so the provider shows as unusable with the reason.
+    /// The local provider `provider` (kind "local"), not yet loaded. A CPU the kernels cannot
+    /// run on, or a missing model file, is a problem reported at once, so the provider shows as
+    /// unusable with the reason.
     pub(crate) fn new(
         provider: &ProviderConfig,
         model_directory: &Path,
         hwaccel_socket: PathBuf,
     ) -> Result<Self, String> {
+        // Said at once, in ListProviders and STATUS=, rather than on the first request.
+        cpu_supported()?;
         let file = provider.model_path(model_directory);
         if !file.is_file() {
             return Err(format!(

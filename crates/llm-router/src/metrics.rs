@@ -55,10 +55,10 @@ pub(crate) struct StateLabels {
     pub(crate) state: String,
 }
 
-/// Labels of an HTTP rejection.
+/// Labels of an HTTP rejection or a screening.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub(crate) struct ReasonLabels {
-    /// Why, e.g. "missing_key", "wrong_key", "rate_limited", "malformed".
+    /// Why, e.g. "missing_key", "wrong_key", "rate_limited", "malformed"; "passed", "blocked".
     pub(crate) reason: String,
 }
 
@@ -95,6 +95,9 @@ pub(crate) struct Metrics {
     pub(crate) http_rejected: Family<ReasonLabels, Counter>,
     /// Malformed gRPC requests.
     pub(crate) invalid_requests: Counter,
+    /// Prompts through the policy gate, by outcome: passed, blocked, off, unscreened (policy
+    /// unreachable, failing open) or policy_unavailable (failing closed).
+    pub(crate) screenings: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -111,6 +114,7 @@ impl Metrics {
             overhead: overhead_histogram(),
             http_rejected: Family::default(),
             invalid_requests: Counter::default(),
+            screenings: Family::default(),
         };
         let mut registry = Registry::with_prefix("synos_llm_router");
         registry.register(
@@ -165,6 +169,12 @@ impl Metrics {
             "invalid_requests",
             "Malformed requests refused",
             metrics.invalid_requests.clone(),
+        );
+        registry.register(
+            "screenings",
+            "Prompts through the policy gate, by outcome (passed, blocked, off, unscreened, \
+             policy_unavailable)",
+            metrics.screenings.clone(),
         );
         (Arc::new(metrics), registry)
     }

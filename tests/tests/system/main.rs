@@ -8,6 +8,7 @@
 mod apis;
 mod ask;
 mod daemons;
+mod gate;
 mod local_model;
 mod memory;
 mod policy;
