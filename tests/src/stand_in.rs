@@ -77,7 +77,8 @@ pub struct StandIn {
 }
 
 impl StandIn {
-    /// Starts a stand-in called `name` that answers `Ok` to everything.
+    /// Starts a stand-in called `name` that answers `Ok` to everything ("reply from NAME",
+    /// streamed a word at a time, and split further wherever NAME has a `|`).
     pub async fn start(name: &str) -> Self {
         Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
     }
@@ -200,8 +201,10 @@ impl Script {
     }
 }
 
+/// "reply from NAME"; a `|` in the name marks where a streamed reply splits a word (and is
+/// not part of the text), so tests can split a secret across chunks.
 fn reply_text(name: &str) -> String {
-    format!("reply from {name}")
+    format!("reply from {}", name.replace('|', ""))
 }
 
 fn completion(name: &str, model: &str, usage: bool) -> Value {
@@ -235,8 +238,10 @@ fn chunk(model: &str, delta: &Value, finish: Option<&str>) -> String {
 
 fn stream_events(name: &str, model: &str) -> Vec<String> {
     let mut events = vec![chunk(model, &json!({ "role": "assistant" }), None)];
-    for word in reply_text(name).split_inclusive(' ') {
-        events.push(chunk(model, &json!({ "content": word }), None));
+    for word in format!("reply from {name}").split_inclusive(' ') {
+        for piece in word.split('|') {
+            events.push(chunk(model, &json!({ "content": piece }), None));
+        }
     }
     events.push(chunk(model, &json!({}), Some("stop")));
     let usage = json!({

@@ -16,7 +16,7 @@ use synos_common::error::ErrorKind;
 use crate::accounting::{Charge, Ledger, estimate_tokens};
 use crate::config::{Config, Price, ProviderConfig, ProviderKind, RouteConfig, Tier, Trust};
 use crate::credentials::CredentialSources;
-use crate::gate::{Gate, Screening};
+use crate::gate::{Gate, Redaction, Screening};
 use crate::keys::KeyStore;
 use crate::local::LocalModel;
 use crate::metrics::{AttemptLabels, Metrics, ProviderLabels, RequestLabels, TokenLabels};
@@ -399,6 +399,7 @@ pub(crate) struct OpenedStream {
     /// Chunks up to the first with output.
     pub(crate) first: Vec<StreamChunk>,
     rest: ChunkReader,
+    redaction: Option<Redaction>,
     admission: Admission,
     provider: Arc<ProviderRuntime>,
     topology: Arc<Topology>,
@@ -862,9 +863,21 @@ impl Engine {
         Ok(())
     }
 
-    /// A whole chat completion.
+    /// A whole chat completion, its text redacted by the gate.
     pub(crate) async fn chat(&self, call: ChatCall) -> Result<(ChatReply, Served), RouteError> {
+        let gate = Arc::clone(&self.topology().gate);
         self.screen(&call).await?;
+        let (mut reply, served) = self.complete_chat(&call).await?;
+        if let Some(text) = gate.redact(&reply.content, &call.principal).await? {
+            if let Some(content) = reply.body.pointer_mut("/choices/0/message/content") {
+                *content = Value::String(text.clone());
+            }
+            reply.content = text;
+        }
+        Ok((reply, served))
+    }
+
+    async fn complete_chat(&self, call: &ChatCall) -> Result<(ChatReply, Served), RouteError> {
         let prompt_length = call.prompt_length();
         self.complete(
             &call.route,
@@ -929,10 +942,24 @@ impl Engine {
                         provider: provider.config.name.clone(),
                     })
                     .observe(open.time_to_first_token.as_secs_f64());
+                let redaction = match topology.gate.open_redaction(&call.principal).await {
+                    Ok(redaction) => redaction,
+                    Err(error) => {
+                        self.observe_request(
+                            &call.route,
+                            "",
+                            error.label(),
+                            started.elapsed(),
+                            None,
+                        );
+                        return Err(error);
+                    }
+                };
                 Ok(OpenedStream {
                     served,
                     first: open.first,
                     rest: open.rest,
+                    redaction,
                     admission,
                     provider,
                     topology: Arc::clone(&topology),
@@ -950,11 +977,24 @@ impl Engine {
         }
     }
 
-    /// Relays an opened stream to its end: chunks, then `Finished` (charged) or `Failed`.
+    /// Relays an opened stream to its end: chunks (their text redacted when the gate opened a
+    /// redaction), then `Finished` (charged) or `Failed`.
     pub(crate) fn relay(
         self: &Arc<Self>,
         mut opened: OpenedStream,
-    ) -> impl Stream<Item = StreamItem> + use<> {
+    ) -> std::pin::Pin<Box<dyn Stream<Item = StreamItem> + Send>> {
+        let redaction = opened.redaction.take();
+        let relayed = self.relay_unredacted(opened);
+        match redaction {
+            None => Box::pin(relayed),
+            Some(redaction) => Box::pin(crate::gate::redact_stream(relayed, redaction)),
+        }
+    }
+
+    fn relay_unredacted(
+        self: &Arc<Self>,
+        mut opened: OpenedStream,
+    ) -> impl Stream<Item = StreamItem> + Send + use<> {
         struct Relay {
             engine: Arc<Engine>,
             opened: OpenedStream,

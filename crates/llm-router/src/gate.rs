@@ -1,18 +1,26 @@
 //! The router's policy gate: every prompt is screened by synos-policy before any provider is
-//! called, on both front ends, whole and streamed. A blocked prompt is refused; when policy
-//! cannot be reached the configured stance applies (refuse by default).
+//! called, and every reply redacted before it leaves the router, on both front ends, whole and
+//! streamed (through policy's streaming redaction, so a secret split across chunks is still
+//! found). A blocked prompt is refused; when policy cannot be reached the configured stance
+//! applies (refuse by default).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt as _};
 use serde_json::Value;
 use synos_proto::policy::v1::policy_client::PolicyClient;
-use synos_proto::policy::v1::{ScreenInputRequest, Verdict};
+use synos_proto::policy::v1::{
+    RedactOutputChunk, RedactOutputRequest, ScreenInputRequest, Verdict,
+};
+use tokio::sync::mpsc;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::config::{GateMode, PolicyGateConfig, Unreachable};
-use crate::engine::{ChatCall, RouteError};
+use crate::engine::{ChatCall, RouteError, StreamItem};
+use crate::upstream::StreamChunk;
 
 /// How long the gate waits for policy to accept a connection or answer.
 const POLICY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -176,6 +184,97 @@ impl Gate {
     }
 }
 
+/// An open streaming redaction: text goes in through `input`, redacted text comes out of
+/// `output` (held back while it could still be the start of a secret).
+#[derive(Debug)]
+pub(crate) struct Redaction {
+    /// Text to redact; closing it releases what policy holds back.
+    pub(crate) input: mpsc::Sender<RedactOutputChunk>,
+    /// Redacted text, final.
+    pub(crate) output: Streaming<RedactOutputChunk>,
+    /// Who the text is for (sent with the first piece).
+    pub(crate) principal: String,
+}
+
+impl Gate {
+    /// What to do when a redaction cannot reach policy: an error to refuse with, or `None` to
+    /// pass the reply unredacted (failing open).
+    fn unreachable_for_reply(&self, problem: &str) -> Option<RouteError> {
+        self.forget_connection();
+        let problem = format!("synos-policy at {}: {problem}", self.socket.display());
+        if let Ok(mut unreachable) = self.unreachable.lock() {
+            *unreachable = Some(problem.clone());
+        }
+        match self.config.when_unreachable {
+            Unreachable::Refuse => Some(RouteError::PolicyUnavailable(format!(
+                "cannot redact the reply, so it is withheld: {problem}"
+            ))),
+            Unreachable::Allow => {
+                tracing::warn!(%problem, "reply not redacted: policy unreachable and when_unreachable = \"allow\"");
+                None
+            }
+        }
+    }
+
+    /// The redacted `text`; `None` when the gate is off or the reply passes unredacted.
+    pub(crate) async fn redact(
+        &self,
+        text: &str,
+        principal: &str,
+    ) -> Result<Option<String>, RouteError> {
+        if !self.active() {
+            return Ok(None);
+        }
+        let answer = match self.client().await {
+            Err(problem) => Err(problem),
+            Ok(mut client) => tokio::time::timeout(
+                POLICY_TIMEOUT,
+                client.redact_output(RedactOutputRequest {
+                    text: text.to_owned(),
+                    principal: principal.to_owned(),
+                }),
+            )
+            .await
+            .map_err(|_| format!("no answer within {} s", POLICY_TIMEOUT.as_secs()))
+            .and_then(|answer| answer.map_err(|status| status.message().to_owned())),
+        };
+        match answer {
+            Ok(reply) => Ok(Some(reply.into_inner().text)),
+            Err(problem) => self.unreachable_for_reply(&problem).map_or(Ok(None), Err),
+        }
+    }
+
+    /// Opens a streaming redaction for a streamed reply; `None` when the gate is off or the
+    /// reply passes unredacted.
+    pub(crate) async fn open_redaction(
+        &self,
+        principal: &str,
+    ) -> Result<Option<Redaction>, RouteError> {
+        if !self.active() {
+            return Ok(None);
+        }
+        let (input, receiver) = mpsc::channel(64);
+        let opened = match self.client().await {
+            Err(problem) => Err(problem),
+            Ok(mut client) => tokio::time::timeout(
+                POLICY_TIMEOUT,
+                client.redact_output_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+            )
+            .await
+            .map_err(|_| format!("no answer within {} s", POLICY_TIMEOUT.as_secs()))
+            .and_then(|answer| answer.map_err(|status| status.message().to_owned())),
+        };
+        match opened {
+            Ok(response) => Ok(Some(Redaction {
+                input,
+                output: response.into_inner(),
+                principal: principal.to_owned(),
+            })),
+            Err(problem) => self.unreachable_for_reply(&problem).map_or(Ok(None), Err),
+        }
+    }
+}
+
 /// The text of every message, in order, one per paragraph.
 fn prompt_text(call: &ChatCall) -> String {
     call.fields
@@ -199,4 +298,124 @@ fn prompt_text(call: &ChatCall) -> String {
                 .join("\n\n")
         })
         .unwrap_or_default()
+}
+
+/// `relayed` with its text passed through `redaction`. Text becomes chunks of redacted text in
+/// the shape of the provider's first text chunk; chunks that end the answer or carry usage
+/// wait until policy has released all the text; `Finished` or `Failed` come last. A consumer
+/// that goes away stops the relay, which frees the provider's slot.
+pub(crate) fn redact_stream(
+    relayed: impl Stream<Item = StreamItem> + Send + 'static,
+    redaction: Redaction,
+) -> impl Stream<Item = StreamItem> + Send {
+    let (output, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let Redaction {
+            input,
+            output: mut redacted,
+            principal,
+        } = redaction;
+        let mut input = Some(input);
+        let mut principal = Some(principal);
+        let mut relayed = std::pin::pin!(relayed);
+        let mut template: Option<StreamChunk> = None;
+        let mut held = Vec::new();
+        let mut relaying = true;
+        loop {
+            tokio::select! {
+                item = relayed.next(), if relaying => match item {
+                    Some(StreamItem::Chunk(chunk)) => {
+                        if !chunk.delta.is_empty() {
+                            template.get_or_insert_with(|| chunk.clone());
+                            let piece = RedactOutputChunk {
+                                text: chunk.delta.clone(),
+                                spans: Vec::new(),
+                                principal: principal.take().unwrap_or_default(),
+                            };
+                            let sent = match &input {
+                                Some(sender) => sender.send(piece).await.is_ok(),
+                                None => false,
+                            };
+                            if !sent {
+                                let _ = output.send(StreamItem::Failed("the policy redaction stream closed early; the answer is incomplete".to_owned())).await;
+                                return;
+                            }
+                        }
+                        if chunk.finish_reason.is_some() || chunk.usage.is_some() {
+                            held.push(StreamItem::Chunk(without_text(chunk)));
+                        } else if chunk.delta.is_empty() && template.is_none()
+                            && output.send(StreamItem::Chunk(chunk)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(end) => {
+                        held.push(end);
+                        input = None;
+                        relaying = false;
+                    }
+                    None => {
+                        input = None;
+                        relaying = false;
+                    }
+                },
+                piece = redacted.next() => match piece {
+                    Some(Ok(piece)) => {
+                        if let Some(template) = &template
+                            && !piece.text.is_empty()
+                            && output.send(StreamItem::Chunk(with_text(template, piece.text))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(Err(status)) => {
+                        let _ = output.send(StreamItem::Failed(format!("policy failed while redacting ({}); the answer is incomplete", status.message()))).await;
+                        return;
+                    }
+                    None => {
+                        if relaying {
+                            let _ = output.send(StreamItem::Failed("policy ended the redaction before the answer ended; the answer is incomplete".to_owned())).await;
+                            return;
+                        }
+                        for item in held {
+                            if output.send(item).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                },
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+/// A chunk like `template` carrying `text` and nothing else.
+fn with_text(template: &StreamChunk, text: String) -> StreamChunk {
+    let mut body = template.body.clone();
+    if let Some(choice) = body.pointer_mut("/choices/0") {
+        choice["delta"] = serde_json::json!({ "content": text });
+        choice["finish_reason"] = Value::Null;
+    }
+    if let Some(object) = body.as_object_mut() {
+        object.remove("usage");
+    }
+    StreamChunk {
+        body,
+        delta: text,
+        finish_reason: None,
+        usage: None,
+    }
+}
+
+/// `chunk` without its text (which went through redaction).
+fn without_text(mut chunk: StreamChunk) -> StreamChunk {
+    if !chunk.delta.is_empty() {
+        if let Some(delta) = chunk.body.pointer_mut("/choices/0/delta") {
+            *delta = serde_json::json!({});
+        }
+        chunk.delta.clear();
+    }
+    chunk
 }

@@ -128,7 +128,9 @@ async fn ask_refuses_injections_before_routing_and_redacts_answers_in_flight() {
     sandbox.write_config(
         "llm-router",
         &(remote.provider_block("remote", "")
-            + "\n[[route]]\nname = \"default\"\nchain = [{ provider = \"remote\", model = \"m\" }]\n"),
+            + "\n[[route]]\nname = \"default\"\nchain = [{ provider = \"remote\", model = \"m\" }]\n"
+            // The router's own gate off: this test is about ask's screening and redaction.
+            + "\n[policy]\ngate = \"off\"\n"),
     );
     let mut daemons = sandbox.start_all().await;
 

@@ -181,3 +181,96 @@ async fn without_policy_the_gate_fails_closed_by_default_and_open_where_configur
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn replies_are_redacted_whole_and_streamed_even_when_a_secret_spans_chunks() {
+    // Streamed as "reply ", "from ", "bob@exa", "mple.com ", "key ", "AKIA", "IOSFODNN7", "EXAMPLE".
+    let remote = StandIn::start("bob@exa|mple.com key AKIA|IOSFODNN7|EXAMPLE").await;
+    let sandbox = Sandbox::new();
+    let _policy = sandbox.start("policy").await;
+    sandbox.write_config("llm-router", &config(&remote, ""));
+    let _router = sandbox.start("llm-router").await;
+    let mut client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    let expected = "reply from [REDACTED:email] key [REDACTED:aws_access_key]";
+
+    let whole = client.chat(request("hello")).await.unwrap().into_inner();
+    assert_eq!(whole.content, expected);
+
+    let mut events = client
+        .chat_stream(request("hello"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    let mut finished = false;
+    while let Some(event) = futures_util::StreamExt::next(&mut events).await {
+        match event.unwrap().event.unwrap() {
+            synos_proto::llm::v1::chat_stream_event::Event::Delta(delta) => {
+                assert!(!finished, "text after the end");
+                text.push_str(&delta);
+            }
+            synos_proto::llm::v1::chat_stream_event::Event::Finished(end) => {
+                finished = true;
+                assert_eq!(end.finish_reason, "stop");
+                assert_eq!(end.served.unwrap().usage.unwrap().output_tokens, 7);
+            }
+            synos_proto::llm::v1::chat_stream_event::Event::Started(_) => {}
+        }
+    }
+    assert!(finished);
+    assert_eq!(text, expected);
+
+    // The OpenAI endpoint, whole and streamed (SSE), says the same.
+    let (_, key, _) =
+        output(
+            sandbox
+                .command("synosctl")
+                .args(["llm", "keys", "create", "--principal", "alice"]),
+        );
+    let key = key.lines().last().unwrap().to_owned();
+    let base = http_listener(&sandbox.socket("llm-router")).await.unwrap();
+    let http = reqwest::Client::new();
+    let body = |stream: bool| {
+        serde_json::json!({
+            "model": "default", "stream": stream,
+            "messages": [{ "role": "user", "content": "hello" }],
+        })
+    };
+    let whole: serde_json::Value = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&body(false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whole["choices"][0]["message"]["content"], expected);
+    let events = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&body(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut streamed = String::new();
+    for line in events.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            continue;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+        if let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str() {
+            streamed.push_str(piece);
+        }
+    }
+    assert_eq!(streamed, expected, "{events}");
+    assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
+    assert!(!events.contains("bob@"), "{events}");
+}
