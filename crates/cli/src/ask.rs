@@ -109,6 +109,7 @@ pub(crate) async fn ask(cli: &Cli, question: Question<'_>) -> CommandResult {
         .screen_input(ScreenInputRequest {
             text: text.clone(),
             principal: user.clone(),
+            resource: format!("Route::{:?}", question.route),
         })
         .await
         .map_err(|status| policy_connection.call_failed(&status))?

@@ -42,6 +42,7 @@ pub(crate) async fn screen(cli: &Cli, text: &str, as_json: bool) -> CommandResul
         .screen_input(ScreenInputRequest {
             text,
             principal: String::new(),
+            resource: String::new(),
         })
         .await
         .map_err(|status| connection.call_failed(&status))?

@@ -137,6 +137,7 @@ impl Gate {
                 client.screen_input(ScreenInputRequest {
                     text,
                     principal: call.principal.clone(),
+                    resource: format!("Route::{:?}", call.route),
                 }),
             )
             .await

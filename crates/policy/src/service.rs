@@ -325,6 +325,7 @@ impl Policy for PolicyService {
                 kind: "screen",
                 principal: request.principal.clone(),
                 action: "screen".to_owned(),
+                resource: request.resource.clone(),
                 outcome: screening.verdict.as_str().to_owned(),
                 // The text itself is never kept: only a fingerprint to match it up later.
                 detail: json!({
@@ -334,7 +335,6 @@ impl Policy for PolicyService {
                     "text_sha256": hex::encode(Sha256::digest(request.text.as_bytes())),
                     "text_bytes": request.text.len(),
                 }),
-                ..Entry::default()
             })
             .await?;
         Ok(Response::new(ScreenInputResponse {

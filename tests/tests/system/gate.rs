@@ -97,6 +97,30 @@ async fn blocked_prompts_are_refused_before_any_provider_over_grpc_and_http() {
     );
     assert_eq!(remote.count(), 0, "no blocked prompt reached the provider");
 
+    // Every verdict is audited with the principal and the route.
+    let (code, audit, stderr) = output(
+        sandbox
+            .command("synosctl")
+            .args(["audit", "search", "--kind", "screen", "--json"]),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let blocked: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|record: &serde_json::Value| record["outcome"] == "block")
+        .collect();
+    assert_eq!(blocked.len(), 3, "{audit}");
+    assert!(
+        blocked.iter().any(|record| record["principal"] == "alice"),
+        "{audit}"
+    );
+    assert!(
+        blocked
+            .iter()
+            .all(|record| record["resource"] == "Route::\"default\""),
+        "{audit}"
+    );
+
     let answer = client
         .chat(request("What is the capital of France?"))
         .await

@@ -33,6 +33,10 @@ pub struct ScreenInputRequest {
     /// Who sent it, for the audit log; empty means unknown.
     #[prost(string, tag = "2")]
     pub principal: ::prost::alloc::string::String,
+    /// What it is for, for the audit log, e.g. Route::"default" for a prompt to that route;
+    /// empty means unknown.
+    #[prost(string, tag = "3")]
+    pub resource: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ScreenInputResponse {
