@@ -1,7 +1,9 @@
 //! Router overhead benchmark: the latency the router adds to a chat completion, over its
 //! OpenAI-compatible HTTP endpoint and over gRPC, against calling the stand-in provider directly
 //! (the baseline, measured in the same run), at a fixed concurrency and request rate; then the
-//! most it sustains unpaced; and the router's resident memory idle and after the load.
+//! most it sustains unpaced; the router's resident memory idle and after the load; and what
+//! the policy gate adds (screening and redaction by the real synos-policy) with a 1 KB prompt
+//! and reply, gate off against gate on, in the same run.
 //!
 //! Run with `cargo build --release --bins && cargo bench -p synos-integration-tests --bench router_overhead`.
 //! `ROUTER_BENCH_RATE` (requests per second, default 2000), `ROUTER_BENCH_CONCURRENCY`
@@ -122,11 +124,48 @@ where
 }
 
 fn chat_body(model: &str) -> String {
+    chat_body_with(model, "hello there")
+}
+
+fn chat_body_with(model: &str, content: &str) -> String {
     serde_json::json!({
         "model": model,
-        "messages": [{ "role": "user", "content": "hello there" }],
+        "messages": [{ "role": "user", "content": content }],
     })
     .to_string()
+}
+
+/// A router in its own sandbox over `stand_in`, with `[policy]` set to `policy`; its HTTP
+/// chat URL and a key.
+async fn gated_router(
+    sandbox: &Sandbox,
+    stand_in: &StandIn,
+    policy: &str,
+) -> (synos_integration_tests::Daemon, String, String) {
+    sandbox.write_config(
+        "llm-router",
+        &format!(
+            "[log]\nfilter = \"warn\"\n\n[policy]\n{policy}\n{}\n[[route]]\nname = \"default\"\n\
+             last_resort = \"\"\nchain = [{{ provider = \"provider\", model = \"m\" }}]\n",
+            stand_in.provider_block("provider", "max_concurrency = 256")
+        ),
+    );
+    let router = sandbox.start("llm-router").await;
+    let socket = sandbox.socket("llm-router");
+    let key = RouterClient::new(channel(&socket).await)
+        .create_key(synos_proto::llm::v1::CreateKeyRequest {
+            principal: "bench".into(),
+            routes: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let url = format!(
+        "{}/v1/chat/completions",
+        http_listener(&socket).await.unwrap()
+    );
+    (router, url, key)
 }
 
 async fn http_phase(
@@ -314,5 +353,28 @@ fn main() {
             resident_kib(router.pid(), "VmRSS:") as f64 / 1024.0,
             resident_kib(router.pid(), "VmHWM:") as f64 / 1024.0
         );
+
+        // The policy gate: two routers over one stand-in answering 1 KB, one gated by a real
+        // synos-policy (screening before, redaction after; every screening is audited), one
+        // not; alternated twice so drift hits both.
+        let gate_rate = setting("ROUTER_BENCH_GATE_RATE", 200);
+        let kilobyte = "The quick brown fox jumps over the lazy dog. ".repeat(23);
+        let big = StandIn::start(&kilobyte).await;
+        let (off_sandbox, on_sandbox) = (Sandbox::new(), Sandbox::new());
+        let _policy = on_sandbox.start("policy").await;
+        let (_off_router, off_url, off_key) = gated_router(&off_sandbox, &big, "gate = \"off\"").await;
+        let (_on_router, on_url, on_key) = gated_router(&on_sandbox, &big, "gate = \"on\"").await;
+        let body = chat_body_with("default", &kilobyte);
+        println!(
+            "policy gate: 1 KB prompt and reply over HTTP, {concurrency} concurrent clients, {gate_rate} req/s paced, {seconds} s per phase"
+        );
+        http_phase(on_url.clone(), Some(on_key.clone()), body.clone(), concurrency, gate_rate, 1).await;
+        http_phase(off_url.clone(), Some(off_key.clone()), body.clone(), concurrency, gate_rate, 1).await;
+        for round in 1..=2 {
+            let off = http_phase(off_url.clone(), Some(off_key.clone()), body.clone(), concurrency, gate_rate, seconds).await;
+            let on = http_phase(on_url.clone(), Some(on_key.clone()), body.clone(), concurrency, gate_rate, seconds).await;
+            report(&format!("gate off, round {round}"), &off, None);
+            report(&format!("gate on, round {round}"), &on, Some(&off));
+        }
     });
 }
