@@ -189,6 +189,9 @@ pub(crate) enum RouteError {
     /// Policy could not screen the prompt and the stance is to refuse.
     #[error("{0}")]
     PolicyUnavailable(String),
+    /// Policy does not allow the principal to use the route.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl RouteError {
@@ -210,7 +213,7 @@ impl RouteError {
                 ErrorKind::InvalidArgument
             }
             Self::Exhausted { .. } | Self::PolicyUnavailable(_) => ErrorKind::Unavailable,
-            Self::Blocked { .. } => ErrorKind::PermissionDenied,
+            Self::Blocked { .. } | Self::Forbidden(_) => ErrorKind::PermissionDenied,
         }
     }
 
@@ -224,6 +227,7 @@ impl RouteError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Blocked { .. } => "blocked",
             Self::PolicyUnavailable(_) => "policy_unavailable",
+            Self::Forbidden(_) => "forbidden",
         }
     }
 }

@@ -12,7 +12,7 @@ use futures_util::{Stream, StreamExt as _};
 use serde_json::Value;
 use synos_proto::policy::v1::policy_client::PolicyClient;
 use synos_proto::policy::v1::{
-    RedactOutputChunk, RedactOutputRequest, ScreenInputRequest, Verdict,
+    AuthorizeRequest, Decision, RedactOutputChunk, RedactOutputRequest, ScreenInputRequest, Verdict,
 };
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -124,43 +124,60 @@ impl Gate {
         }
     }
 
-    /// Screens the prompt of `call`: every message's text, in order.
+    /// Asks policy whether `call`'s principal may use its route (Cedar, `llm.route:<name>`) and
+    /// screens its prompt (every message's text, in order), both at once.
     pub(crate) async fn screen(&self, call: &ChatCall) -> Result<Screening, RouteError> {
         if !self.active() {
             return Ok(Screening::Off);
         }
-        let text = prompt_text(call);
-        let answer = match self.client().await {
+        let answers = match self.client().await {
             Err(problem) => Err(problem),
-            Ok(mut client) => tokio::time::timeout(
-                POLICY_TIMEOUT,
-                client.screen_input(ScreenInputRequest {
-                    text,
-                    principal: call.principal.clone(),
-                    resource: format!("Route::{:?}", call.route),
-                }),
-            )
-            .await
-            .map_err(|_| format!("no answer within {} s", POLICY_TIMEOUT.as_secs()))
-            .and_then(|answer| answer.map_err(|status| status.message().to_owned())),
+            Ok(client) => {
+                let (mut authorizer, mut screener) = (client.clone(), client);
+                let (authorized, screened) = tokio::join!(
+                    ask_policy(authorizer.authorize(AuthorizeRequest {
+                        principal: format!("User::{:?}", call.principal),
+                        action: format!("llm.route:{}", call.route),
+                        resource: String::new(),
+                    })),
+                    ask_policy(screener.screen_input(ScreenInputRequest {
+                        text: prompt_text(call),
+                        principal: call.principal.clone(),
+                        resource: format!("Route::{:?}", call.route),
+                    })),
+                );
+                authorized.and_then(|authorized| screened.map(|screened| (authorized, screened)))
+            }
         };
         if let Ok(mut unreachable) = self.unreachable.lock() {
-            *unreachable = answer
+            *unreachable = answers
                 .as_ref()
                 .err()
                 .map(|problem| format!("synos-policy at {}: {problem}", self.socket.display()));
         }
-        match answer {
-            Ok(reply) => {
-                let reply = reply.into_inner();
-                if reply.verdict() == Verdict::Block {
+        match answers {
+            Ok((authorized, screened)) => {
+                if authorized.decision() != Decision::Allow {
+                    tracing::warn!(route = %call.route, principal = %call.principal, "route refused by policy");
+                    return Err(RouteError::Forbidden(format!(
+                        "policy does not allow User::{:?} to use route {:?}{}",
+                        call.principal,
+                        call.route,
+                        if authorized.determining_policies.is_empty() {
+                            " (no policy permits it)".to_owned()
+                        } else {
+                            format!(" ({})", authorized.determining_policies.join(", "))
+                        }
+                    )));
+                }
+                if screened.verdict() == Verdict::Block {
                     let rules: Vec<String> =
-                        reply.rules.iter().map(|rule| rule.id.clone()).collect();
-                    tracing::warn!(route = %call.route, principal = %call.principal, score = reply.score, rules = %rules.join(","), "prompt blocked by policy");
+                        screened.rules.iter().map(|rule| rule.id.clone()).collect();
+                    tracing::warn!(route = %call.route, principal = %call.principal, score = screened.score, rules = %rules.join(","), "prompt blocked by policy");
                     return Err(RouteError::Blocked {
                         message: format!(
                             "the prompt was blocked by policy (score {:.2}; rules {})",
-                            reply.score,
+                            screened.score,
                             rules.join(", ")
                         ),
                         rules,
@@ -182,6 +199,17 @@ impl Gate {
                 }
             }
         }
+    }
+}
+
+/// One call to policy within [`POLICY_TIMEOUT`]; its answer, or why there is none.
+async fn ask_policy<Answer>(
+    call: impl Future<Output = Result<tonic::Response<Answer>, tonic::Status>>,
+) -> Result<Answer, String> {
+    match tokio::time::timeout(POLICY_TIMEOUT, call).await {
+        Err(_) => Err(format!("no answer within {} s", POLICY_TIMEOUT.as_secs())),
+        Ok(Err(status)) => Err(status.message().to_owned()),
+        Ok(Ok(answer)) => Ok(answer.into_inner()),
     }
 }
 
@@ -228,19 +256,16 @@ impl Gate {
         }
         let answer = match self.client().await {
             Err(problem) => Err(problem),
-            Ok(mut client) => tokio::time::timeout(
-                POLICY_TIMEOUT,
-                client.redact_output(RedactOutputRequest {
+            Ok(mut client) => {
+                ask_policy(client.redact_output(RedactOutputRequest {
                     text: text.to_owned(),
                     principal: principal.to_owned(),
-                }),
-            )
-            .await
-            .map_err(|_| format!("no answer within {} s", POLICY_TIMEOUT.as_secs()))
-            .and_then(|answer| answer.map_err(|status| status.message().to_owned())),
+                }))
+                .await
+            }
         };
         match answer {
-            Ok(reply) => Ok(Some(reply.into_inner().text)),
+            Ok(reply) => Ok(Some(reply.text)),
             Err(problem) => self.unreachable_for_reply(&problem).map_or(Ok(None), Err),
         }
     }
@@ -255,20 +280,20 @@ impl Gate {
             return Ok(None);
         }
         let (input, receiver) = mpsc::channel(64);
-        let opened = match self.client().await {
-            Err(problem) => Err(problem),
-            Ok(mut client) => tokio::time::timeout(
-                POLICY_TIMEOUT,
-                client.redact_output_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)),
-            )
-            .await
-            .map_err(|_| format!("no answer within {} s", POLICY_TIMEOUT.as_secs()))
-            .and_then(|answer| answer.map_err(|status| status.message().to_owned())),
-        };
+        let opened =
+            match self.client().await {
+                Err(problem) => Err(problem),
+                Ok(mut client) => {
+                    ask_policy(client.redact_output_stream(
+                        tokio_stream::wrappers::ReceiverStream::new(receiver),
+                    ))
+                    .await
+                }
+            };
         match opened {
-            Ok(response) => Ok(Some(Redaction {
+            Ok(output) => Ok(Some(Redaction {
                 input,
-                output: response.into_inner(),
+                output,
                 principal: principal.to_owned(),
             })),
             Err(problem) => self.unreachable_for_reply(&problem).map_or(Ok(None), Err),

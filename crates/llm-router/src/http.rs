@@ -223,6 +223,12 @@ fn route_error_response(route_error: &RouteError) -> Response {
             "prompt_blocked",
             &message,
         ),
+        RouteError::Forbidden(_) => error(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "route_forbidden",
+            &message,
+        ),
         RouteError::PolicyUnavailable(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "api_error",

@@ -298,3 +298,67 @@ async fn replies_are_redacted_whole_and_streamed_even_when_a_secret_spans_chunks
     assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
     assert!(!events.contains("bob@"), "{events}");
 }
+
+#[tokio::test]
+async fn cedar_decides_who_may_use_which_route_over_grpc_and_http_keys() {
+    let remote = StandIn::start("remote").await;
+    let sandbox = Sandbox::new();
+    let directory = sandbox.config_dir().join("policy.d");
+    std::fs::create_dir(&directory).unwrap();
+    std::fs::write(
+        directory.join("10-routes.cedar"),
+        "@id(\"users-use-routes\")\n\
+         permit (principal is User, action == Action::\"llm.route\", resource);\n\
+         @id(\"alice-not-secret\")\n\
+         forbid (principal == User::\"alice\", action == Action::\"llm.route\", resource == Route::\"secret\");\n",
+    )
+    .unwrap();
+    let _policy = sandbox.start("policy").await;
+    sandbox.write_config(
+        "llm-router",
+        &(config(&remote, "")
+            + "\n[[route]]\nname = \"secret\"\nlast_resort = \"\"\nchain = [{ provider = \"remote\", model = \"m\" }]\n"),
+    );
+    let _router = sandbox.start("llm-router").await;
+    let mut client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    let as_whom = |principal: &str, route: &str| ChatRequest {
+        principal: principal.to_owned(),
+        route: route.to_owned(),
+        ..request("hello")
+    };
+    let refused = client.chat(as_whom("alice", "secret")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains(
+            "policy does not allow User::\"alice\" to use route \"secret\" (alice-not-secret)"
+        ),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(remote.count(), 0);
+    client.chat(as_whom("alice", "default")).await.unwrap();
+    client.chat(as_whom("bob", "secret")).await.unwrap();
+
+    // An HTTP key's principal is held to the same policies.
+    let (_, key, _) =
+        output(
+            sandbox
+                .command("synosctl")
+                .args(["llm", "keys", "create", "--principal", "alice"]),
+        );
+    let key = key.lines().last().unwrap().to_owned();
+    let base = http_listener(&sandbox.socket("llm-router")).await.unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({
+            "model": "secret", "messages": [{ "role": "user", "content": "hello" }],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "route_forbidden");
+    assert_eq!(remote.count(), 2);
+}
