@@ -135,6 +135,19 @@ fn chat_body_with(model: &str, content: &str) -> String {
     .to_string()
 }
 
+/// An HTTP key for the principal "bench", for every route.
+async fn create_key(mut router: RouterClient<tonic::transport::Channel>) -> String {
+    router
+        .create_key(synos_proto::llm::v1::CreateKeyRequest {
+            principal: "bench".into(),
+            routes: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+}
+
 /// A router in its own sandbox over `stand_in`, with `[policy]` set to `policy`; its HTTP
 /// chat URL and a key.
 async fn gated_router(
@@ -152,15 +165,7 @@ async fn gated_router(
     );
     let router = sandbox.start("llm-router").await;
     let socket = sandbox.socket("llm-router");
-    let key = RouterClient::new(channel(&socket).await)
-        .create_key(synos_proto::llm::v1::CreateKeyRequest {
-            principal: "bench".into(),
-            routes: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .key;
+    let key = create_key(RouterClient::new(channel(&socket).await)).await;
     let url = format!(
         "{}/v1/chat/completions",
         http_listener(&socket).await.unwrap()
@@ -300,16 +305,7 @@ fn main() {
         let socket = sandbox.socket("llm-router");
         let grpc = RouterClient::new(channel(&socket).await);
         let http = http_listener(&socket).await.unwrap();
-        let mut keys = grpc.clone();
-        let key = keys
-            .create_key(synos_proto::llm::v1::CreateKeyRequest {
-                principal: "bench".into(),
-                routes: vec![],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .key;
+        let key = create_key(grpc.clone()).await;
 
         println!(
             "router overhead: {concurrency} concurrent clients, {rate} req/s paced, {seconds} s per phase, \

@@ -3,7 +3,7 @@
 //! fails closed, or open where configured, and says so.
 
 use synos_integration_tests::stand_in::StandIn;
-use synos_integration_tests::{Sandbox, channel, http_listener, output};
+use synos_integration_tests::{Daemon, Sandbox, channel, http_listener, output};
 use synos_proto::admin::v1::admin_client::AdminClient;
 use synos_proto::admin::v1::{GetInfoRequest, GetMetricsRequest};
 use synos_proto::llm::v1::router_client::RouterClient;
@@ -28,6 +28,37 @@ fn config(stand_in: &StandIn, policy: &str) -> String {
         + policy
 }
 
+/// The policy daemon and a router gated by it over `stand_in`, in a new sandbox.
+async fn gated(
+    stand_in: &StandIn,
+    extra: &str,
+) -> (
+    Sandbox,
+    Vec<Daemon>,
+    RouterClient<tonic::transport::Channel>,
+) {
+    let sandbox = Sandbox::new();
+    let policy = sandbox.start("policy").await;
+    sandbox.write_config("llm-router", &(config(stand_in, "") + extra));
+    let router = sandbox.start("llm-router").await;
+    let client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    (sandbox, vec![policy, router], client)
+}
+
+/// The router's HTTP endpoint and a key made by synosctl for `principal`.
+async fn http_key(sandbox: &Sandbox, principal: &str) -> (String, String) {
+    let (code, key, stderr) = output(sandbox.command("synosctl").args([
+        "llm",
+        "keys",
+        "create",
+        "--principal",
+        principal,
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let base = http_listener(&sandbox.socket("llm-router")).await.unwrap();
+    (base, key.lines().last().unwrap().to_owned())
+}
+
 async fn status_and_metrics(sandbox: &Sandbox) -> (String, String) {
     let mut admin = AdminClient::new(channel(&sandbox.socket("llm-router")).await);
     let status = admin
@@ -48,11 +79,7 @@ async fn status_and_metrics(sandbox: &Sandbox) -> (String, String) {
 #[tokio::test]
 async fn blocked_prompts_are_refused_before_any_provider_over_grpc_and_http() {
     let remote = StandIn::start("remote").await;
-    let sandbox = Sandbox::new();
-    let _policy = sandbox.start("policy").await;
-    sandbox.write_config("llm-router", &config(&remote, ""));
-    let _router = sandbox.start("llm-router").await;
-    let mut client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    let (sandbox, _daemons, mut client) = gated(&remote, "").await;
 
     let refused = client.chat(request(ATTACK)).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
@@ -65,15 +92,7 @@ async fn blocked_prompts_are_refused_before_any_provider_over_grpc_and_http() {
     let refused = client.chat_stream(request(ATTACK)).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
 
-    let (code, key, stderr) =
-        output(
-            sandbox
-                .command("synosctl")
-                .args(["llm", "keys", "create", "--principal", "alice"]),
-        );
-    assert_eq!(code, 0, "{stderr}");
-    let key = key.lines().last().unwrap().to_owned();
-    let base = http_listener(&sandbox.socket("llm-router")).await.unwrap();
+    let (base, key) = http_key(&sandbox, "alice").await;
     let http = reqwest::Client::new();
     let response = http
         .post(format!("{base}/v1/chat/completions"))
@@ -210,11 +229,7 @@ async fn without_policy_the_gate_fails_closed_by_default_and_open_where_configur
 async fn replies_are_redacted_whole_and_streamed_even_when_a_secret_spans_chunks() {
     // Streamed as "reply ", "from ", "bob@exa", "mple.com ", "key ", "AKIA", "IOSFODNN7", "EXAMPLE".
     let remote = StandIn::start("bob@exa|mple.com key AKIA|IOSFODNN7|EXAMPLE").await;
-    let sandbox = Sandbox::new();
-    let _policy = sandbox.start("policy").await;
-    sandbox.write_config("llm-router", &config(&remote, ""));
-    let _router = sandbox.start("llm-router").await;
-    let mut client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    let (sandbox, _daemons, mut client) = gated(&remote, "").await;
     let expected = "reply from [REDACTED:email] key [REDACTED:aws_access_key]";
 
     let whole = client.chat(request("hello")).await.unwrap().into_inner();
@@ -245,14 +260,7 @@ async fn replies_are_redacted_whole_and_streamed_even_when_a_secret_spans_chunks
     assert_eq!(text, expected);
 
     // The OpenAI endpoint, whole and streamed (SSE), says the same.
-    let (_, key, _) =
-        output(
-            sandbox
-                .command("synosctl")
-                .args(["llm", "keys", "create", "--principal", "alice"]),
-        );
-    let key = key.lines().last().unwrap().to_owned();
-    let base = http_listener(&sandbox.socket("llm-router")).await.unwrap();
+    let (base, key) = http_key(&sandbox, "alice").await;
     let http = reqwest::Client::new();
     let body = |stream: bool| {
         serde_json::json!({
@@ -340,14 +348,7 @@ async fn cedar_decides_who_may_use_which_route_over_grpc_and_http_keys() {
     client.chat(as_whom("bob", "secret")).await.unwrap();
 
     // An HTTP key's principal is held to the same policies.
-    let (_, key, _) =
-        output(
-            sandbox
-                .command("synosctl")
-                .args(["llm", "keys", "create", "--principal", "alice"]),
-        );
-    let key = key.lines().last().unwrap().to_owned();
-    let base = http_listener(&sandbox.socket("llm-router")).await.unwrap();
+    let (base, key) = http_key(&sandbox, "alice").await;
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
         .bearer_auth(&key)
