@@ -210,11 +210,12 @@ pub(crate) async fn providers(cli: &Cli, as_json: bool) -> CommandResult {
                 })
             })
             .collect();
-        emit_json(&json!({ "providers": providers }));
+        emit_json(&json!({ "providers": providers, "policy_gate": reply.policy_gate }));
         return Ok(exit::OK);
     }
     if reply.providers.is_empty() {
         emit("no providers configured (add [[provider]] and [[route]] to llm-router.toml)");
+        emit(&reply.policy_gate);
         return Ok(exit::OK);
     }
     let header = [
@@ -256,6 +257,7 @@ pub(crate) async fn providers(cli: &Cli, as_json: bool) -> CommandResult {
             emit(&format!("{}: {}", provider.name, provider.state_reason));
         }
     }
+    emit(&reply.policy_gate);
     Ok(exit::OK)
 }
 

@@ -295,7 +295,10 @@ impl Router for RouterService {
             .filter_map(|config| topology.providers.get(&config.name))
             .map(|provider| provider_to_api(provider))
             .collect();
-        Ok(Response::new(api::ListProvidersResponse { providers }))
+        Ok(Response::new(api::ListProvidersResponse {
+            providers,
+            policy_gate: topology.gate.describe(),
+        }))
     }
 
     async fn set_provider_state(

@@ -149,6 +149,13 @@ async fn blocked_prompts_are_refused_before_any_provider_over_grpc_and_http() {
 
     let (status, metrics) = status_and_metrics(&sandbox).await;
     assert!(status.contains("policy gate on (fail closed)"), "{status}");
+    let (code, providers, _) = output(sandbox.command("synosctl").args(["llm", "providers"]));
+    assert_eq!(code, 0);
+    assert_eq!(
+        providers.lines().last(),
+        Some("policy gate on (fail closed)"),
+        "{providers}"
+    );
     assert!(
         metrics.contains("synos_llm_router_screenings_total{reason=\"blocked\"} 3"),
         "{metrics}"

@@ -157,6 +157,10 @@ pub struct ListProvidersRequest {}
 pub struct ListProvidersResponse {
     #[prost(message, repeated, tag = "1")]
     pub providers: ::prost::alloc::vec::Vec<Provider>,
+    /// The policy gate in front of them, e.g. "policy gate on (fail closed)", or with
+    /// ", DEGRADED: …" when policy could not be reached.
+    #[prost(string, tag = "2")]
+    pub policy_gate: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Provider {
