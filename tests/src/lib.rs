@@ -167,6 +167,16 @@ impl Sandbox {
         command
     }
 
+    /// Runs `synosctl ARGUMENTS` against this sandbox's daemons on a blocking thread, so the
+    /// test's runtime keeps serving in-process stand-ins meanwhile: (exit code, stdout, stderr).
+    pub async fn synosctl(&self, arguments: &[&str]) -> (i32, String, String) {
+        let mut command = self.command("synosctl");
+        command.args(arguments);
+        tokio::task::spawn_blocking(move || output(&mut command))
+            .await
+            .unwrap()
+    }
+
     /// Starts a daemon on its default socket and waits until it is SERVING.
     pub async fn start(&self, short_name: &str) -> Daemon {
         let command = self.command(binary_name(short_name));

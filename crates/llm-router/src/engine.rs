@@ -851,7 +851,10 @@ impl Engine {
         let label = match &outcome {
             Ok(Screening::Passed) => "passed",
             Ok(Screening::Off) => "off",
-            Ok(Screening::Unscreened(_)) => "unscreened",
+            Ok(Screening::Unscreened(problem)) => {
+                tracing::warn!(route = %call.route, principal = %call.principal, %problem, "request routed unscreened (when_unreachable = \"allow\")");
+                "unscreened"
+            }
             Err(error) => error.label(),
         };
         self.metrics

@@ -149,11 +149,8 @@ impl Gate {
                 authorized.and_then(|authorized| screened.map(|screened| (authorized, screened)))
             }
         };
-        if let Ok(mut unreachable) = self.unreachable.lock() {
-            *unreachable = answers
-                .as_ref()
-                .err()
-                .map(|problem| format!("synos-policy at {}: {problem}", self.socket.display()));
+        if answers.is_ok() {
+            self.set_unreachable(None);
         }
         match answers {
             Ok((authorized, screened)) => {
@@ -186,16 +183,9 @@ impl Gate {
                 Ok(Screening::Passed)
             }
             Err(problem) => {
-                self.forget_connection();
-                let problem = format!("synos-policy at {}: {problem}", self.socket.display());
-                match self.config.when_unreachable {
-                    Unreachable::Refuse => Err(RouteError::PolicyUnavailable(format!(
-                        "cannot screen the prompt, so it is refused: {problem}"
-                    ))),
-                    Unreachable::Allow => {
-                        tracing::warn!(route = %call.route, principal = %call.principal, %problem, "prompt not screened: policy unreachable and when_unreachable = \"allow\"");
-                        Ok(Screening::Unscreened(problem))
-                    }
+                match self.unreachable(&problem, "cannot screen the prompt, so it is refused") {
+                    Some(refusal) => Err(refusal),
+                    None => Ok(Screening::Unscreened(problem)),
                 }
             }
         }
@@ -226,20 +216,26 @@ pub(crate) struct Redaction {
 }
 
 impl Gate {
-    /// What to do when a redaction cannot reach policy: an error to refuse with, or `None` to
-    /// pass the reply unredacted (failing open).
-    fn unreachable_for_reply(&self, problem: &str) -> Option<RouteError> {
+    fn set_unreachable(&self, problem: Option<String>) {
+        if let Ok(mut unreachable) = self.unreachable.lock() {
+            *unreachable = problem;
+        }
+    }
+
+    /// The one place the stance applies when policy cannot be reached: an error saying
+    /// `refusal` (failing closed), or `None` to go on without policy (failing open, logged and
+    /// counted by the caller). Either way the next call reconnects, and the status line shows
+    /// the problem until a call succeeds.
+    fn unreachable(&self, problem: &str, refusal: &str) -> Option<RouteError> {
         self.forget_connection();
         let problem = format!("synos-policy at {}: {problem}", self.socket.display());
-        if let Ok(mut unreachable) = self.unreachable.lock() {
-            *unreachable = Some(problem.clone());
-        }
+        self.set_unreachable(Some(problem.clone()));
         match self.config.when_unreachable {
             Unreachable::Refuse => Some(RouteError::PolicyUnavailable(format!(
-                "cannot redact the reply, so it is withheld: {problem}"
+                "{refusal}: {problem}"
             ))),
             Unreachable::Allow => {
-                tracing::warn!(%problem, "reply not redacted: policy unreachable and when_unreachable = \"allow\"");
+                tracing::warn!(%problem, "policy unreachable and when_unreachable = \"allow\": going on without it ({refusal} otherwise)");
                 None
             }
         }
@@ -266,7 +262,9 @@ impl Gate {
         };
         match answer {
             Ok(reply) => Ok(Some(reply.text)),
-            Err(problem) => self.unreachable_for_reply(&problem).map_or(Ok(None), Err),
+            Err(problem) => self
+                .unreachable(&problem, "cannot redact the reply, so it is withheld")
+                .map_or(Ok(None), Err),
         }
     }
 
@@ -296,7 +294,9 @@ impl Gate {
                 output,
                 principal: principal.to_owned(),
             })),
-            Err(problem) => self.unreachable_for_reply(&problem).map_or(Ok(None), Err),
+            Err(problem) => self
+                .unreachable(&problem, "cannot redact the reply, so it is withheld")
+                .map_or(Ok(None), Err),
         }
     }
 }

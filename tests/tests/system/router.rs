@@ -654,6 +654,39 @@ async fn configuration_errors_name_the_key_and_the_reason() {
             priced.replace("openai", "carrier-pigeon"),
             "key `provider.0.kind`: unknown value",
         ),
+        // A local provider runs in-process: free, trusted, no URL, a .gguf, a sane context.
+        (
+            format!("{}base_url = \"http://127.0.0.1:9/v1\"\n", "[[provider]]\nname = \"local\"\nkind = \"local\"\ntier = \"free\"\ntrust = \"local\"\nprice = \"free\"\n"),
+            "key `provider.0.base_url`: a local provider runs in the router's process: no base_url and no credential",
+        ),
+        (
+            "[[provider]]\nname = \"local\"\nkind = \"local\"\ntier = \"free\"\ntrust = \"local\"\nprice = \"free\"\n".replace("tier = \"free\"", "tier = \"cheap\""),
+            "key `provider.0.tier`: a local provider is tier = \"free\", trust = \"local\", price = \"free\"",
+        ),
+        (
+            format!("{}model_file = \"model.bin\"\n", "[[provider]]\nname = \"local\"\nkind = \"local\"\ntier = \"free\"\ntrust = \"local\"\nprice = \"free\"\n"),
+            "key `provider.0.model_file`: must name a .gguf file",
+        ),
+        (
+            format!("{}context_tokens = 16\n", "[[provider]]\nname = \"local\"\nkind = \"local\"\ntier = \"free\"\ntrust = \"local\"\nprice = \"free\"\n"),
+            "key `provider.0.context_tokens`: must be from 256 to 131072",
+        ),
+        (
+            format!("{priced}model_file = \"x.gguf\"\n"),
+            "key `provider.0.model_file`: model_file and threads are for kind = \"local\" only",
+        ),
+        (
+            priced.clone() + "\n[[route]]\nname = \"default\"\nlast_resort = \"nobody\"\nchain = [{ provider = \"a\", model = \"m\" }]\n",
+            "key `route.0.chain.1.provider`: no provider is called \"nobody\"",
+        ),
+        (
+            priced.clone() + "\n[policy]\ngate = \"maybe\"\n",
+            "key `policy.gate`: unknown value",
+        ),
+        (
+            priced.clone() + "\n[policy]\nwhen_unreachable = \"shrug\"\n",
+            "key `policy.when_unreachable`: unknown value",
+        ),
         (
             priced.clone()
                 + "\n[[route]]\nname = \"default\"\nchain = [{ provider = \"nobody\", model = \"m\" }]\n",
@@ -758,14 +791,6 @@ fn synosctl(sandbox: &Sandbox, arguments: &[&str]) -> (i32, String, String) {
 }
 
 /// `synosctl` off the test's runtime thread, which must stay free to serve the stand-ins.
-async fn synosctl_while_serving(sandbox: &Sandbox, arguments: &[&str]) -> (i32, String, String) {
-    let mut command = sandbox.command("synosctl");
-    command.args(arguments);
-    tokio::task::spawn_blocking(move || output(&mut command))
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_http_endpoint_wants_a_valid_unrevoked_key_for_the_route() {
     let only = StandIn::start("a").await;
@@ -1363,8 +1388,7 @@ async fn synosctl_chats_streaming_or_as_json_and_reports_usage() {
         + &provider("b", &second, "")
         + &route("default", &["a", "b"], "");
     let _router = start_router(&sandbox, &config).await;
-    let (code, stdout, stderr) =
-        synosctl_while_serving(&sandbox, &["llm", "chat", "hello", "there"]).await;
+    let (code, stdout, stderr) = sandbox.synosctl(&["llm", "chat", "hello", "there"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout, "reply from b\n");
     assert_eq!(
@@ -1376,8 +1400,7 @@ async fn synosctl_chats_streaming_or_as_json_and_reports_usage() {
         "hello there"
     );
 
-    let (code, stdout, stderr) =
-        synosctl_while_serving(&sandbox, &["llm", "chat", "--json", "hi"]).await;
+    let (code, stdout, stderr) = sandbox.synosctl(&["llm", "chat", "--json", "hi"]).await;
     assert_eq!(code, 0, "{stderr}");
     let reply: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(reply["content"], "reply from b");
@@ -1386,15 +1409,16 @@ async fn synosctl_chats_streaming_or_as_json_and_reports_usage() {
     assert_eq!(reply["attempts"][1]["outcome"], "ok");
     assert_eq!(reply["usage"]["output_tokens"], 7);
 
-    let (code, stdout, _) = synosctl_while_serving(&sandbox, &["llm", "usage", "--json"]).await;
+    let (code, stdout, _) = sandbox.synosctl(&["llm", "usage", "--json"]).await;
     assert_eq!(code, 0);
     let usage: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(usage["routes"][0]["name"], "default");
     assert_eq!(usage["routes"][0]["requests"], 2);
     assert_eq!(usage["principals"][0]["name"], "local");
 
-    let (code, stdout, stderr) =
-        synosctl_while_serving(&sandbox, &["llm", "chat", "--route", "nope", "hi"]).await;
+    let (code, stdout, stderr) = sandbox
+        .synosctl(&["llm", "chat", "--route", "nope", "hi"])
+        .await;
     assert_eq!((code, stdout.as_str()), (1, ""));
     assert_eq!(
         stderr.trim(),
