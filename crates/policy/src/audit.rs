@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest as _, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row as _, SqlitePool};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection as _, Row as _, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -148,17 +150,17 @@ fn read_head_file(database: &Path) -> Option<Head> {
     })
 }
 
-fn write_head_file(database: &Path, head: Head) {
-    let path = head_file(database);
-    let temporary = path.with_extension("head.new");
-    let text = format!("{} {}\n", head.sequence, hex::encode(head.hash));
-    // Written after the commit it describes, so it never runs ahead of the database; a lost
-    // update only weakens the truncation check, never breaks the log.
-    if let Err(error) =
-        std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, &path))
-    {
-        tracing::warn!(%error, path = %path.display(), "cannot update the audit head file");
-    }
+/// The head file's one line, always the same length so that it can be overwritten in place.
+fn head_line(head: Head) -> String {
+    format!("{:020} {}\n", head.sequence, hex::encode(head.hash))
+}
+
+/// Overwrites the head file in place: no new inode and no rename per commit, which would add
+/// their metadata to the journal commit that every audit fsync waits for. A torn line only
+/// fails to parse, which weakens the truncation check once and never breaks the log.
+fn write_head_file(file: &std::fs::File, head: Head) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    file.write_all_at(head_line(head).as_bytes(), 0)
 }
 
 impl AuditLog {
@@ -233,8 +235,14 @@ impl AuditLog {
         };
         let head = Arc::new(Mutex::new(head));
         let (appends, receiver) = mpsc::channel(4 * MAX_BATCH);
+        // The one writer owns its connection: no pool to pass through on every commit.
+        let writer = writes
+            .acquire()
+            .await
+            .map_err(|error| open_error(error.to_string()))?
+            .detach();
         tokio::spawn(write_batches(
-            writes,
+            writer,
             receiver,
             head.clone(),
             path.to_owned(),
@@ -415,11 +423,15 @@ fn record_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Record, sqlx::Error>
 }
 
 async fn write_batches(
-    writes: SqlitePool,
+    mut writes: SqliteConnection,
     mut receiver: mpsc::Receiver<Pending>,
     head: Arc<Mutex<Head>>,
     path: PathBuf,
 ) {
+    let initial = *head
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let head_file = open_head_file(&path, initial);
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -431,14 +443,20 @@ async fn write_batches(
         let start = *head
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match write_batch(&writes, start, &batch).await {
+        match write_batch(&mut writes, start, &batch).await {
             Ok(new_head) => {
                 *head
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = new_head;
-                write_head_file(&path, new_head);
                 for (offset, (_, reply)) in batch.into_iter().enumerate() {
                     let _ = reply.send(Ok(start.sequence + 1 + offset as u64));
+                }
+                // After the replies: the commit is what makes them true; the head file only
+                // helps notice a truncation later, and never runs ahead of the database.
+                if let Some(file) = &head_file
+                    && let Err(error) = write_head_file(file, new_head)
+                {
+                    tracing::warn!(%error, "cannot update the audit head file");
                 }
             }
             Err(error) => {
@@ -450,19 +468,40 @@ async fn write_batches(
             }
         }
     }
-    writes.close().await;
+    let _ = writes.close().await;
 }
 
+/// Opens the head file to be overwritten in place from now on; `None` (with a warning) when it
+/// cannot be, which costs only the truncation check.
+fn open_head_file(database: &Path, head: Head) -> Option<std::fs::File> {
+    let path = head_file(database);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .and_then(|file| {
+            file.set_len(head_line(head).len() as u64)?;
+            Ok(file)
+        })
+        .inspect_err(|error| {
+            tracing::warn!(%error, path = %path.display(), "cannot keep the audit head file; a log cut short while stopped will go unnoticed");
+        })
+        .ok()
+}
+
+/// Appends `batch` after `start` with one multi-row INSERT: one statement is one implicit
+/// transaction, so the batch costs one trip to SQLite's thread and one fsync.
 async fn write_batch(
-    writes: &SqlitePool,
+    writes: &mut SqliteConnection,
     start: Head,
     batch: &[Pending],
 ) -> Result<Head, sqlx::Error> {
-    let mut transaction = writes.begin().await?;
+    let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
     let mut head = start;
+    let mut rows = Vec::with_capacity(batch.len());
     for (entry, _) in batch {
         let sequence = head.sequence + 1;
-        let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
         let detail = entry.detail.to_string();
         let hash = hash_record(
             &head.hash,
@@ -477,25 +516,35 @@ async fn write_batch(
                 &detail,
             ],
         );
-        sqlx::query(
-            "INSERT INTO audit (sequence, time, kind, principal, action, resource, outcome, detail, \
-             previous_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
-        .bind(&time)
-        .bind(entry.kind)
-        .bind(&entry.principal)
-        .bind(&entry.action)
-        .bind(&entry.resource)
-        .bind(&entry.outcome)
-        .bind(&detail)
-        .bind(hex::encode(head.hash))
-        .bind(hex::encode(hash))
-        .execute(&mut *transaction)
-        .await?;
+        rows.push((sequence, entry, detail, head.hash, hash));
         head = Head { sequence, hash };
     }
-    transaction.commit().await?;
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO audit (sequence, time, kind, principal, action, resource, outcome, detail, \
+         previous_hash, hash) ",
+    );
+    insert.push_values(
+        rows,
+        |mut row, (sequence, entry, detail, previous, hash)| {
+            row.push_bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+                .push_bind(time.clone())
+                .push_bind(entry.kind)
+                .push_bind(entry.principal.clone())
+                .push_bind(entry.action.clone())
+                .push_bind(entry.resource.clone())
+                .push_bind(entry.outcome.clone())
+                .push_bind(detail)
+                .push_bind(hex::encode(previous))
+                .push_bind(hex::encode(hash));
+        },
+    );
+    // Small batches recur and are worth a prepared statement; large ones would only churn
+    // the connection's statement cache.
+    insert
+        .build()
+        .persistent(batch.len() <= 16)
+        .execute(&mut *writes)
+        .await?;
     Ok(head)
 }
 
