@@ -62,18 +62,77 @@ struct Detector {
     kind: &'static str,
     pattern: Regex,
     check: Check,
+    /// Set when the pattern starts with no literal the regex engine can skip ahead to: a scan of
+    /// the whole text would run its automaton over every byte, so it runs only around anchors.
+    anchor: Option<Anchor>,
+}
+
+/// A byte every match of a pattern contains near its start, so that a pattern can be run only
+/// in [`Windows`] around the places where that byte occurs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Anchor {
+    /// An ASCII digit at most 2 bytes after the match starts (`+44`, `(0`, `ES91`, `X123`);
+    /// the whole match is at most 64 bytes long.
+    Digit,
+    /// A `:` or `=` at most 40 bytes after the match starts (keyword, quote, spaces); the whole
+    /// match is at most 320 bytes long.
+    Assignment,
+}
+
+impl Anchor {
+    const ALL: [Self; 2] = [Self::Digit, Self::Assignment];
+
+    fn is_anchor(self, byte: u8) -> bool {
+        match self {
+            Self::Digit => byte.is_ascii_digit(),
+            Self::Assignment => byte == b':' || byte == b'=',
+        }
+    }
+
+    /// How far before its anchor a match may start.
+    fn lead_bytes(self) -> usize {
+        match self {
+            Self::Digit => 2,
+            Self::Assignment => 40,
+        }
+    }
+
+    /// The longest match; a unit test holds each anchored pattern to it.
+    fn longest_match_bytes(self) -> usize {
+        match self {
+            Self::Digit => 64,
+            Self::Assignment => 320,
+        }
+    }
+}
+
+/// Word boundaries and digits are ASCII. With Unicode `\b` the regex engine's DFA gives up on any
+/// text that is not pure ASCII, and the digit detectors fall from ~600 MB/s to 13-40 MB/s on model
+/// output with a single em dash in it; a Unicode `\d` would let through digits that no checksum
+/// here reads. Every pattern is about ASCII characters.
+fn ascii_word_boundaries_and_digits(pattern: &str) -> String {
+    pattern.replace(r"\b", r"(?-u:\b)").replace(r"\d", "[0-9]")
 }
 
 /// In priority order: where two detections overlap, the earlier detector wins.
 static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
-    let detector = |kind: &'static str, pattern: &str, check: Check| Detector {
-        kind,
+    let compile = |pattern: &str| {
         #[expect(
             clippy::expect_used,
             reason = "fixed patterns; unit tests compile every one"
         )]
-        pattern: Regex::new(pattern).expect("a built-in redaction pattern compiles"),
+        Regex::new(&ascii_word_boundaries_and_digits(pattern))
+            .expect("a built-in redaction pattern compiles")
+    };
+    let detector = |kind: &'static str, pattern: &str, check: Check| Detector {
+        kind,
+        pattern: compile(pattern),
         check,
+        anchor: match kind {
+            "es_national_id" | "card_number" | "iban" | "phone_number" => Some(Anchor::Digit),
+            "generic_secret" => Some(Anchor::Assignment),
+            _ => None,
+        },
     };
     vec![
         detector(
@@ -134,7 +193,7 @@ static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
         ),
         detector(
             "generic_secret",
-            r#"(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret|auth[_-]?token|private[_-]?key|credentials?)["']?\s*[:=]\s*["']?([^\s"',;`]{8,200})"#,
+            r#"(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret|auth[_-]?token|private[_-]?key|credentials?)["']?\s{0,16}[:=]\s{0,16}["']?([!-~&&[^"',;`]]{8,200})"#,
             Check::EntropicGroup,
         ),
         detector(
@@ -162,6 +221,73 @@ static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
     ]
 });
 
+/// The parts of a text where an anchored pattern can match, as disjoint ascending byte ranges.
+///
+/// Why this finds everything: every match starts at most [`Anchor::lead_bytes`] before an
+/// anchor byte and is at most [`Anchor::longest_match_bytes`] long, so it lies within the
+/// window around that anchor. A window's end is moved on past ASCII word characters so that a
+/// word boundary there means what it means in the whole text; what comes before a window is
+/// seen through `find_at`. In prose the windows are a fraction of the text; at worst they are
+/// all of it, once.
+struct Windows(Vec<(usize, usize)>);
+
+impl Windows {
+    fn of(text: &str, anchor: Anchor) -> Self {
+        let bytes = text.as_bytes();
+        let mut windows: Vec<(usize, usize)> = Vec::new();
+        for (position, _) in bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, byte)| anchor.is_anchor(**byte))
+        {
+            if windows.last().is_some_and(|last| position < last.1) {
+                // Inside the current window; only its end can move.
+                let last = windows.len() - 1;
+                windows[last].1 = window_end(text, position + anchor.longest_match_bytes());
+                continue;
+            }
+            let start = text.floor_char_boundary(position.saturating_sub(anchor.lead_bytes()));
+            let end = window_end(text, position + anchor.longest_match_bytes());
+            match windows.last_mut() {
+                Some(last) if start <= last.1 => last.1 = end,
+                _ => windows.push((start, end)),
+            }
+        }
+        Self(windows)
+    }
+
+    /// Every match of `pattern` within the windows, in order, as `captures_iter` would give
+    /// them over the whole text.
+    fn matches<'text>(
+        &self,
+        pattern: &Regex,
+        text: &'text str,
+    ) -> impl Iterator<Item = regex::Captures<'text>> {
+        self.0.iter().flat_map(move |&(start, end)| {
+            let window = &text[..end];
+            let mut position = start;
+            std::iter::from_fn(move || {
+                let captures = pattern.captures_at(window, position)?;
+                let whole = captures.get(0)?;
+                position = whole.end().max(whole.start() + 1);
+                Some(captures)
+            })
+        })
+    }
+}
+
+/// `at` (capped to the text), moved on to a character boundary and past ASCII word characters.
+fn window_end(text: &str, at: usize) -> usize {
+    let mut end = at.min(text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    end + text.as_bytes()[end..]
+        .iter()
+        .position(|byte| !(byte.is_ascii_alphanumeric() || *byte == b'_'))
+        .unwrap_or(text.len() - end)
+}
+
 /// Finds secrets and personal data, except the kinds turned off.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
@@ -179,6 +305,7 @@ impl Redactor {
     pub fn find(&self, text: &str) -> Vec<Span> {
         // Accepted spans by start: an overlap check is one lookup, not a scan of all of them.
         let mut found: std::collections::BTreeMap<usize, Span> = std::collections::BTreeMap::new();
+        let mut windows: [Option<Windows>; Anchor::ALL.len()] = [None, None];
         for detector in DETECTORS.iter() {
             if self.disabled.iter().any(|kind| kind == detector.kind) {
                 continue;
@@ -199,23 +326,29 @@ impl Redactor {
                     );
                 }
             };
-            match detector.check {
+            let mut consider = |captures: regex::Captures<'_>| match detector.check {
                 Check::EntropicGroup => {
-                    for captures in detector.pattern.captures_iter(text) {
-                        if let Some(value) = captures.get(1)
-                            && looks_random(value.as_str())
-                        {
-                            add(value.start(), value.end());
-                        }
+                    if let Some(value) = captures.get(1)
+                        && looks_random(value.as_str())
+                    {
+                        add(value.start(), value.end());
                     }
                 }
                 check => {
-                    for found_match in detector.pattern.find_iter(text) {
-                        if passes(check, found_match.as_str()) {
-                            add(found_match.start(), found_match.end());
-                        }
+                    if let Some(whole) = captures.get(0)
+                        && passes(check, whole.as_str())
+                    {
+                        add(whole.start(), whole.end());
                     }
                 }
+            };
+            if let Some(anchor) = detector.anchor {
+                windows[anchor as usize]
+                    .get_or_insert_with(|| Windows::of(text, anchor))
+                    .matches(&detector.pattern, text)
+                    .for_each(&mut consider);
+            } else {
+                detector.pattern.captures_iter(text).for_each(&mut consider);
             }
         }
         found.into_values().collect()
@@ -570,6 +703,134 @@ mod tests {
             assert!(KINDS.contains(&detector.kind), "{}", detector.kind);
         }
         assert_eq!(DETECTORS.len(), KINDS.len());
+    }
+
+    #[test]
+    fn anchored_patterns_are_bounded_and_free_of_edge_assertions() {
+        for detector in DETECTORS.iter() {
+            let Some(anchor) = detector.anchor else {
+                continue;
+            };
+            let syntax = regex_syntax::parse(detector.pattern.as_str()).unwrap();
+            let longest = syntax.properties().maximum_len();
+            assert!(
+                longest.is_some_and(|longest| longest <= anchor.longest_match_bytes()),
+                "{}: longest match {longest:?} bytes",
+                detector.kind
+            );
+            // A window's end is not the text's end; only word boundaries are made to agree.
+            assert!(
+                !syntax.properties().look_set().contains_anchor(),
+                "{}",
+                detector.kind
+            );
+        }
+    }
+
+    /// What `find` would give if every detector scanned the whole text.
+    fn find_by_full_scans(text: &str) -> Vec<Span> {
+        let mut found: std::collections::BTreeMap<usize, Span> = std::collections::BTreeMap::new();
+        for detector in DETECTORS.iter() {
+            for captures in detector.pattern.captures_iter(text) {
+                let candidate = match detector.check {
+                    Check::EntropicGroup => {
+                        captures.get(1).filter(|value| looks_random(value.as_str()))
+                    }
+                    check => captures
+                        .get(0)
+                        .filter(|whole| passes(check, whole.as_str())),
+                };
+                if let Some(candidate) = candidate {
+                    let (start, end) = (candidate.start(), candidate.end());
+                    let overlaps = found
+                        .range(..end)
+                        .next_back()
+                        .is_some_and(|(_, span)| span.end > start);
+                    if !overlaps {
+                        found.insert(
+                            start,
+                            Span {
+                                kind: detector.kind,
+                                start,
+                                end,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        found.into_values().collect()
+    }
+
+    #[test]
+    fn scanning_only_the_windows_finds_what_scanning_everything_finds() {
+        let pieces = [
+            " ",
+            " ",
+            " ",
+            "\n",
+            "-",
+            "+",
+            "(",
+            ")",
+            ".",
+            ":",
+            "=",
+            "\"",
+            "7",
+            "42",
+            "555",
+            "0958",
+            "20",
+            "7946",
+            "+44",
+            "the",
+            "call",
+            "Zürich",
+            "—",
+            "é",
+            "ES91 2100 0418 4502 0005 1332",
+            "4111 1111 1111 1111",
+            "12345678Z",
+            "X1234567L",
+            "password",
+            "token",
+            "API_KEY",
+            "aZ9$kLm2Qx81",
+            "GB82WEST12345698765432",
+            "DE89",
+            "3704",
+            "0044",
+            "x",
+            "AB",
+            "pässwörd",
+            "credentials",
+            "secret=",
+            "Ab1-",
+            "€",
+        ];
+        // A fixed xorshift sequence: the same texts every run, thousands of shapes.
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut with_detections = 0;
+        for _ in 0..3000 {
+            let length = 1 + next() % 1500;
+            let text: String = (0..length)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            let expected = find_by_full_scans(&text);
+            with_detections += usize::from(!expected.is_empty());
+            assert_eq!(Redactor::default().find(&text), expected, "{text:?}");
+        }
+        assert!(
+            with_detections > 1000,
+            "only {with_detections} texts had detections"
+        );
     }
 
     #[test]
