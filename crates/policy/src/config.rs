@@ -117,10 +117,10 @@ impl Default for RateLimitsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxBackend {
-    /// systemd when it is PID 1 and its bus is reachable, bubblewrap otherwise.
+    /// systemd when the sandbox sockets are there, bubblewrap otherwise.
     #[default]
     Auto,
-    /// A transient systemd unit started over D-Bus.
+    /// The socket-activated sandbox units (`synos-sandbox.socket`, `synos-sandbox-network.socket`).
     Systemd,
     /// `bwrap`.
     Bubblewrap,
@@ -134,8 +134,20 @@ pub struct SandboxConfig {
     pub backend: SandboxBackend,
     /// The bubblewrap program.
     pub bubblewrap: PathBuf,
-    /// `prlimit` (util-linux), which sets the bubblewrap backend's memory and CPU limits.
+    /// `prlimit` (util-linux), which sets each tool's memory, CPU-time and file-size limits.
     pub prlimit: PathBuf,
+    /// Where the systemd sandbox's sockets are (`offline.sock`, `network.sock`); default
+    /// `sandbox/` in the runtime directory.
+    pub socket_directory: Option<PathBuf>,
+}
+
+impl SandboxConfig {
+    /// The sandbox sockets' directory for a system whose runtime directory is `runtime`.
+    pub fn socket_directory(&self, runtime: &std::path::Path) -> PathBuf {
+        self.socket_directory
+            .clone()
+            .unwrap_or_else(|| runtime.join("sandbox"))
+    }
 }
 
 impl Default for SandboxConfig {
@@ -144,6 +156,7 @@ impl Default for SandboxConfig {
             backend: SandboxBackend::Auto,
             bubblewrap: PathBuf::from("/usr/bin/bwrap"),
             prlimit: PathBuf::from("/usr/bin/prlimit"),
+            socket_directory: None,
         }
     }
 }

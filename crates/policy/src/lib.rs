@@ -5,6 +5,7 @@ pub mod audit;
 pub mod authorizer;
 pub mod config;
 pub mod redaction;
+pub mod runner;
 pub mod sandbox;
 pub mod screening;
 mod service;
@@ -54,7 +55,12 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         message: error.to_string(),
         exit_code: synos_common::exit::CONFIG,
     })?;
-    let sandbox = sandbox::Sandbox::choose(&settings.sandbox);
+    let sandbox = sandbox::Sandbox::choose(
+        &settings.sandbox,
+        &settings
+            .sandbox
+            .socket_directory(&config.directories.runtime),
+    );
     let audit = match config.prepare_state_directory() {
         Err(problem) => Err(problem),
         Ok(directory) => audit::AuditLog::open(&audit::database_path(&directory))

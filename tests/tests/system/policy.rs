@@ -480,3 +480,120 @@ async fn rate_limits_refuse_with_resource_exhausted() {
     client.authorize(other).await.unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// Plays systemd's part for the sandbox sockets (`Accept=yes`): each connection to
+/// `offline.sock` or `network.sock` in `directory` gets its own `synos-sandbox-runner`, with the
+/// connection as its standard input and output, reading `runner_config`.
+fn accept_like_systemd(
+    sandbox: &Sandbox,
+    directory: &Path,
+    runner_config: &Path,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    std::fs::create_dir_all(directory).unwrap();
+    [false, true]
+        .into_iter()
+        .map(|network| {
+            let socket = directory.join(if network {
+                "network.sock"
+            } else {
+                "offline.sock"
+            });
+            let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+            let mut runner = tokio::process::Command::from(sandbox.command("synos-sandbox-runner"));
+            runner.arg("--config").arg(runner_config);
+            if network {
+                runner.arg("--network");
+            }
+            tokio::spawn(async move {
+                while let Ok((connection, _)) = listener.accept().await {
+                    let connection = connection.into_std().unwrap();
+                    connection.set_nonblocking(false).unwrap();
+                    let output = connection.try_clone().unwrap();
+                    let mut child = runner
+                        .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                            connection,
+                        )))
+                        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                            output,
+                        )))
+                        .spawn()
+                        .unwrap();
+                    tokio::spawn(async move {
+                        let _ = child.wait().await;
+                    });
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn under_systemd_tools_run_through_the_sandbox_socket_and_its_runner_checks_again() {
+    let sandbox = Sandbox::new();
+    let sockets = sandbox.path().join("sandbox-sockets");
+    // The runner's configuration lacks one tool the daemon's has: it must refuse that one.
+    let runner_config = sandbox.path().join("runner-policy.toml");
+    std::fs::write(&runner_config, TOOLS).unwrap();
+    let _systemd = accept_like_systemd(&sandbox, &sockets, &runner_config);
+    sandbox.write_config(
+        "policy",
+        &format!(
+            "[sandbox]\nbackend = \"systemd\"\nsocket_directory = {:?}\n{TOOLS}\n\
+             [tools.not-for-the-runner]\ncommand = \"/bin/true\"\nrisk = \"low\"\n",
+            sockets.display().to_string()
+        ),
+    );
+    let daemon = sandbox.start("policy").await;
+    let mut client = PolicyClient::new(channel(&sandbox.socket("policy")).await);
+
+    let fine = exec(
+        &mut client,
+        "shell",
+        &["echo hello; echo key AKIAIOSFODNN7EXAMPLE"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (fine.exit_code, fine.outcome.as_str(), fine.sandbox.as_str()),
+        (0, "exited", "systemd"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(fine.stdout, "hello\nkey [REDACTED:aws_access_key]\n");
+
+    let online = exec(
+        &mut client,
+        "online-python",
+        &["print('over the network socket')"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        online.stdout, "over the network socket\n",
+        "{}",
+        online.stderr
+    );
+
+    // The tool's own limits, applied by the runner.
+    let sleeper = exec(&mut client, "shell", &["sleep 30"]).await.unwrap();
+    assert_eq!(
+        (sleeper.exit_code, sleeper.outcome.as_str()),
+        (-1, "timeout")
+    );
+    let hog = exec(&mut client, "python", &["bytearray(512 * 1024 * 1024)"])
+        .await
+        .unwrap();
+    assert!(hog.stderr.contains("MemoryError"), "{}", hog.stderr);
+
+    let refused = exec(&mut client, "not-for-the-runner", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    assert!(
+        refused
+            .message()
+            .contains("the sandbox runner: no tool \"not-for-the-runner\" is configured"),
+        "{}",
+        refused.message()
+    );
+}
