@@ -73,7 +73,9 @@ descends_from() { # descends_from PID ANCESTOR
 }
 
 say "booting the container"
-systemd-nspawn -D "$root" --boot --register=no --keep-unit -M "synos-test-$$" >"$work/console.log" 2>&1 &
+# bpf() allowed: without it the container's systemd cannot attach IPAddressDeny='s filter and
+# silently runs the unit unfiltered.
+systemd-nspawn -D "$root" --boot --register=no --keep-unit --system-call-filter=bpf -M "synos-test-$$" >"$work/console.log" 2>&1 &
 nspawn_pid=$!
 for _ in $(seq 200); do
   for pid in $(pgrep -x systemd); do
@@ -104,8 +106,8 @@ inside useradd --create-home bob
 # check sees only what our packages leave.
 inside apt-get update -qq >/dev/null
 inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-  man-db bash-completion >"$work/tools.log" 2>&1 ||
-  { tail -n 30 "$work/tools.log"; die "apt-get install man-db bash-completion failed"; }
+  man-db bash-completion socat >"$work/tools.log" 2>&1 ||
+  { tail -n 30 "$work/tools.log"; die "apt-get install man-db bash-completion socat failed"; }
 snapshot >"$work/before.txt"
 getent_groups_before="$(inside getent group | cut -d: -f1 | sort)"
 
@@ -205,6 +207,98 @@ gate_blocks_attacks() {
 }
 check "the router's policy gate is on as packaged and refuses an attack" gate_blocks_attacks
 
+exposure() { # exposure UNIT → the numeric score
+  inside systemd-analyze security --no-pager "$1" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p'
+}
+# The tool sandbox as packaged: synos-policy under its hardened unit asks the socket-activated
+# sandbox units, which start a confined runner per call. Tools the test adds:
+inside tee -a /etc/synos/policy.toml >/dev/null <<'TOOLS'
+
+[tools.shell]
+command = "/bin/bash"
+fixed_arguments = ["-c"]
+risk = "low"
+arguments = "free"
+memory_max_bytes = 67108864
+timeout_seconds = 2
+
+[tools.online-shell]
+command = "/bin/bash"
+fixed_arguments = ["-c"]
+risk = "low"
+arguments = "free"
+network = true
+timeout_seconds = 3
+TOOLS
+inside systemctl restart synos-policy.service && wait_active synos-policy.service
+tool() { # tool NAME SCRIPT → synosctl policy exec's JSON, as alice
+  inside runuser -u alice -- synosctl policy exec --principal 'User::"alice"' --json "$1" "$2" || true
+}
+sandbox_runs_tools() {
+  tool shell 'echo hello from $(id -un); echo key AKIAIOSFODNN7EXAMPLE' >"$work/tool.json"
+  cat "$work/tool.json"
+  # What the runners said, should this fail.
+  inside journalctl --no-pager -n 15 -u 'synos-sandbox@*' -u 'synos-sandbox-network@*' -u synos-policy.service
+  grep -q '"sandbox": "systemd"' "$work/tool.json" && grep -q '"exit_code": 0' "$work/tool.json" &&
+    grep -q 'hello from ' "$work/tool.json" && grep -q 'key \[REDACTED:aws_access_key\]' "$work/tool.json" &&
+    ! grep -q AKIAIOSFODNN7EXAMPLE "$work/tool.json" &&
+    inside systemctl show -P StatusText synos-policy.service | grep -q "tools run under systemd"
+}
+check "a tool runs in the systemd sandbox and its output comes back redacted" sandbox_runs_tools
+# The router's HTTP endpoint: a real service listening on this machine's loopback.
+offline_has_no_network() {
+  tool shell 'exec 3<>/dev/tcp/127.0.0.1/7311 && echo connected' >"$work/offline.json"
+  cat "$work/offline.json"
+  grep -q '"exit_code": 1' "$work/offline.json" && grep -q 'Address family not supported' "$work/offline.json"
+}
+check "a sandboxed tool without a network grant has no network" offline_has_no_network
+network_grant_is_not_loopback() {
+  tool online-shell 'exec 3<>/dev/tcp/127.0.0.1/7311 && echo connected' >"$work/loopback.json"
+  cat "$work/loopback.json"
+  # The cgroup's BPF filter drops the packets: the connection fails or never completes.
+  ! grep -q connected "$work/loopback.json" &&
+    grep -qE 'Operation not permitted|"outcome": "timeout"' "$work/loopback.json"
+}
+check "a network grant does not reach this machine's own services (IP allow list)" network_grant_is_not_loopback
+read_only_system() {
+  tool shell 'echo pwned > /etc/synos-escape' >"$work/write.json"
+  cat "$work/write.json"
+  grep -q 'Read-only file system' "$work/write.json" && ! inside test -e /etc/synos-escape
+}
+check "a sandboxed tool cannot write outside its private /tmp" read_only_system
+memory_and_time_limits() {
+  tool shell 'x=$(head -c 200000000 /dev/zero | tr "\0" a); echo ${#x}' >"$work/memory.json"
+  tool shell 'sleep 30' >"$work/time.json"
+  cat "$work/memory.json" "$work/time.json"
+  grep -q 'cannot allocate' "$work/memory.json" && ! grep -q '"exit_code": 0' "$work/memory.json" &&
+    grep -q '"outcome": "timeout"' "$work/time.json"
+}
+check "a sandboxed tool is held to its memory and time limits" memory_and_time_limits
+sandbox_audited() {
+  inside synosctl audit search --kind exec --json >"$work/exec-audit.json" && cat "$work/exec-audit.json" &&
+    grep -qE '"outcome": ?"timeout"' "$work/exec-audit.json" && grep -qE '"sandbox": ?"systemd"' "$work/exec-audit.json" &&
+    inside synosctl audit verify
+}
+check "every tool run is in the audit log, which verifies" sandbox_audited
+sandbox_socket_closed_to_group_synos() {
+  # Group synos reaches the daemons, not the sandbox: only synos-policy holds synos-sandbox.
+  ! inside runuser -u alice -- socat -u /dev/null UNIX-CONNECT:/run/synos/sandbox/offline.sock 2>"$work/direct.err" &&
+    grep -q "Permission denied" "$work/direct.err" && cat "$work/direct.err" &&
+    inside stat -c '%U:%G %a' /run/synos/sandbox/offline.sock /run/synos/sandbox/network.sock |
+    sort -u | grep -qx 'root:synos-sandbox 660'
+}
+check "a member of group synos connecting to the sandbox socket directly is refused" sandbox_socket_closed_to_group_synos
+# The network template cannot score like the other: PrivateNetwork= (0.5), AF_INET (0.3) and a
+# non-loopback allow list (0.1) are what "network granted" means; both keep @resources for
+# prlimit (0.2), and ProtectClock='s rtc read (0.1).
+for template in synos-sandbox@:1.0 synos-sandbox-network@:1.2; do
+  limit="${template#*:}"
+  template="${template%:*}"
+  score="$(exposure "${template}check.service")"
+  check "$template.service exposure $score <= $limit" bash -c "awk -v s='$score' -v l='$limit' 'BEGIN { exit !(s != \"\" && s <= l) }' ||
+    { nsenter -t $container_pid -m -u -i -n -p -- systemd-analyze security --no-pager ${template}check.service | grep '✗'; false; }"
+done
+
 http_get() { # http_get PATH [KEY] → the response's status line and body, over bash's /dev/tcp
   local authorization=""
   [ -n "${2:-}" ] && authorization="Authorization: Bearer $2\r\n"
@@ -223,9 +317,6 @@ router_http_keys() {
 }
 check "router HTTP endpoint: 401 without a key, 200 with one made by synosctl" router_http_keys
 
-exposure() { # exposure UNIT → the numeric score
-  inside systemd-analyze security --no-pager "$1" | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\).*/\1/p'
-}
 for daemon in "${DAEMONS[@]}"; do
   limit=2.0
   [[ " ${NO_NETWORK_DAEMONS[*]} " == *" $daemon "* ]] && limit=1.0

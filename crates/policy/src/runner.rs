@@ -129,7 +129,7 @@ pub async fn serve(
         Ok(request) => run(&request, tools, sandbox, network).await,
     };
     if !result.refused.is_empty() {
-        tracing::warn!(reason = %result.refused, "request refused");
+        tracing::warn!("request refused: {}", result.refused);
     }
     write_message(connection, &result).await
 }

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             synos_common::telemetry::init(identity, "info");
-            tracing::error!(%error, "invalid configuration; refusing to run anything");
+            tracing::error!("invalid configuration, so nothing runs: {error}");
             return ExitCode::from(exit::CONFIG);
         }
     };
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     let connection = match connection {
         Ok(connection) => connection,
         Err(error) => {
-            tracing::error!(%error, "standard input is not the connection's socket");
+            tracing::error!("standard input is not the connection's socket: {error}");
             return ExitCode::from(exit::USAGE);
         }
     };
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(%error, "cannot start the runtime");
+            tracing::error!("cannot start the runtime: {error}");
             return ExitCode::from(exit::SOFTWARE);
         }
     };
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(problem) => {
-            tracing::error!(%problem, "the connection failed");
+            tracing::error!("the connection failed: {problem}");
             ExitCode::from(exit::SOFTWARE)
         }
     }
