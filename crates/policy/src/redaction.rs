@@ -311,20 +311,14 @@ impl Redactor {
                 continue;
             }
             let mut add = |start: usize, end: usize| {
-                let overlaps_before = found
-                    .range(..end)
-                    .next_back()
-                    .is_some_and(|(_, span)| span.end > start);
-                if !overlaps_before && start < end {
-                    found.insert(
+                accept_unless_overlapping(
+                    &mut found,
+                    Span {
+                        kind: detector.kind,
                         start,
-                        Span {
-                            kind: detector.kind,
-                            start,
-                            end,
-                        },
-                    );
-                }
+                        end,
+                    },
+                );
             };
             let mut consider = |captures: regex::Captures<'_>| match detector.check {
                 Check::EntropicGroup => {
@@ -358,6 +352,18 @@ impl Redactor {
     pub fn redact(&self, text: &str) -> (String, Vec<Span>) {
         let spans = self.find(text);
         (replace(text, &spans), spans)
+    }
+}
+
+/// Adds `span` to the accepted spans (keyed by start) unless it is empty or overlaps one of
+/// them: detectors run in priority order, so what was accepted first wins.
+fn accept_unless_overlapping(found: &mut std::collections::BTreeMap<usize, Span>, span: Span) {
+    let overlaps_before = found
+        .range(..span.end)
+        .next_back()
+        .is_some_and(|(_, accepted)| accepted.end > span.start);
+    if !overlaps_before && span.start < span.end {
+        found.insert(span.start, span);
     }
 }
 
@@ -741,21 +747,14 @@ mod tests {
                         .filter(|whole| passes(check, whole.as_str())),
                 };
                 if let Some(candidate) = candidate {
-                    let (start, end) = (candidate.start(), candidate.end());
-                    let overlaps = found
-                        .range(..end)
-                        .next_back()
-                        .is_some_and(|(_, span)| span.end > start);
-                    if !overlaps {
-                        found.insert(
-                            start,
-                            Span {
-                                kind: detector.kind,
-                                start,
-                                end,
-                            },
-                        );
-                    }
+                    accept_unless_overlapping(
+                        &mut found,
+                        Span {
+                            kind: detector.kind,
+                            start: candidate.start(),
+                            end: candidate.end(),
+                        },
+                    );
                 }
             }
         }
