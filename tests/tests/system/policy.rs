@@ -534,7 +534,7 @@ async fn under_systemd_tools_run_through_the_sandbox_socket_and_its_runner_check
     // The runner's configuration lacks one tool the daemon's has: it must refuse that one.
     let runner_config = sandbox.path().join("runner-policy.toml");
     std::fs::write(&runner_config, TOOLS).unwrap();
-    let _systemd = accept_like_systemd(&sandbox, &sockets, &runner_config);
+    let systemd = accept_like_systemd(&sandbox, &sockets, &runner_config);
     sandbox.write_config(
         "policy",
         &format!(
@@ -596,4 +596,35 @@ async fn under_systemd_tools_run_through_the_sandbox_socket_and_its_runner_check
         "{}",
         refused.message()
     );
+
+    // Nothing listening behind the socket any more (the socket file stays): refused, not run
+    // some other way, and the daemon keeps serving.
+    for accepting in systemd {
+        accepting.abort();
+        let _ = accepting.await;
+    }
+    let unreachable = exec(&mut client, "shell", &["echo never"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unreachable.code(),
+        Code::Unavailable,
+        "{}",
+        unreachable.message()
+    );
+    assert!(
+        unreachable.message().contains("cannot reach")
+            && unreachable.message().contains("offline.sock"),
+        "{}",
+        unreachable.message()
+    );
+    let still_serving = client
+        .authorize(AuthorizeRequest {
+            principal: "User::\"alice\"".to_owned(),
+            action: "llm.chat".to_owned(),
+            resource: "Route::\"default\"".to_owned(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(still_serving.into_inner().decision(), Decision::Allow);
 }
