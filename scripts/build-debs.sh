@@ -86,12 +86,14 @@ EOF
   plain_package "$name" "packaging/debian/copyright.${name#synos-model-}" -Zgzip
 }
 
-model_package synos-model-minilm all-MiniLM-L6-v2 "sentence-embedding model all-MiniLM-L6-v2 for SynOS memory
+model_package synos-model-minilm all-MiniLM-L6-v2 "sentence-embedding model all-MiniLM-L6-v2 for SynOS memory and policy
  The all-MiniLM-L6-v2 sentence-transformers model (384 dimensions) as
  safetensors weights with its tokenizer, in
  /usr/share/synos/models/all-MiniLM-L6-v2. synos-memory runs it in-process
- on the CPU to embed memories, with no network at any time." \
-  config.json tokenizer.json model.safetensors
+ on the CPU to embed memories, with no network at any time. The package also
+ holds the model's distilled token table, with which synos-policy compares
+ prompts to known attacks in well under a millisecond." \
+  config.json tokenizer.json model.safetensors static-embeddings.safetensors
 model_package synos-model-smollm2 SmolLM2-135M-Instruct "local chat model SmolLM2-135M-Instruct for the SynOS LLM router
  SmolLM2-135M-Instruct quantised to Q4_1 as one GGUF file (tokenizer and chat
  template in its metadata), in /usr/share/synos/models/SmolLM2-135M-Instruct.

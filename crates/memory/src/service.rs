@@ -19,12 +19,12 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::Config;
 use crate::export;
 use crate::metrics::Metrics;
-use crate::model::Model;
 use crate::ranking;
 use crate::record::{
     self, Kind, Limits, Memory, MemoryVersion, Metadata, NewMemory, Scope, now_ms,
 };
 use crate::store::{self, Changes, Embedded, Filter, Outcome, Store, StoreError};
+use synos_embedding::Model;
 
 /// Most results one recall returns.
 const MAX_RECALL_LIMIT: u32 = 100;

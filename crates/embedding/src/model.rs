@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::embedding::{Embedder, EmbeddingError};
+use crate::embedder::{Embedder, EmbeddingError};
 
 /// Texts embedded in one forward pass: bounds the memory a large batch needs.
 const CHUNK: usize = 32;
@@ -20,7 +20,7 @@ enum State {
 
 /// The daemon's embedding model, loading, loaded or failed.
 #[derive(Debug)]
-pub(crate) struct Model {
+pub struct Model {
     id: String,
     state: watch::Receiver<State>,
     /// One inference at a time; the permit travels with the blocking work, so a cancelled
@@ -30,7 +30,7 @@ pub(crate) struct Model {
 
 impl Model {
     /// Starts loading the model in `directory` on a blocking thread; its name is the id.
-    pub(crate) fn load_in_background(directory: PathBuf) -> Arc<Self> {
+    pub fn load_in_background(directory: PathBuf) -> Arc<Self> {
         let (sender, receiver) = watch::channel(State::Loading);
         let id = directory
             .file_name()
@@ -58,12 +58,12 @@ impl Model {
     }
 
     /// The id stored with every vector: the model directory's name.
-    pub(crate) fn id(&self) -> String {
+    pub fn id(&self) -> String {
         self.id.clone()
     }
 
     /// Why the model cannot be used, once loading failed.
-    pub(crate) fn problem(&self) -> Option<String> {
+    pub fn problem(&self) -> Option<String> {
         match &*self.state.borrow() {
             State::Failed(problem) => Some(problem.clone()),
             State::Loading | State::Ready(_) => None,
@@ -71,7 +71,7 @@ impl Model {
     }
 
     /// Waits for loading to end: the model, or `None` when it failed.
-    pub(crate) async fn ready(&self) -> Option<Arc<Embedder>> {
+    pub async fn ready(&self) -> Option<Arc<Embedder>> {
         let mut state = self.state.clone();
         let ended = state
             .wait_for(|state| !matches!(state, State::Loading))
@@ -84,10 +84,7 @@ impl Model {
     }
 
     /// Vectors for `texts`, in order; `None` when no model could be loaded.
-    pub(crate) async fn embed(
-        &self,
-        texts: Vec<String>,
-    ) -> Result<Option<Vec<Vec<f32>>>, EmbeddingError> {
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Option<Vec<Vec<f32>>>, EmbeddingError> {
         let Some(embedder) = self.ready().await else {
             return Ok(None);
         };

@@ -156,6 +156,36 @@ impl Embedder {
     }
 }
 
+impl Embedder {
+    /// The tokenizer, for [`crate::StaticEmbedder::distil`].
+    pub(crate) fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The network's output at position 1 of `[CLS] token [SEP]` for each vocabulary id in
+    /// `tokens`: what the model makes of the token alone. CPU-bound.
+    pub(crate) fn token_vectors(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EmbeddingError> {
+        let inference =
+            |error: &dyn std::fmt::Display| EmbeddingError::Inference(error.to_string());
+        let (classify, separate) = (
+            self.tokenizer.token_to_id("[CLS]").unwrap_or(101),
+            self.tokenizer.token_to_id("[SEP]").unwrap_or(102),
+        );
+        let ids: Vec<u32> = tokens
+            .iter()
+            .flat_map(|&token| [classify, token, separate])
+            .collect();
+        (|| {
+            let token_ids = Tensor::from_vec(ids, (tokens.len(), 3), &self.device)?;
+            let type_ids = token_ids.zeros_like()?;
+            let mask = token_ids.ones_like()?;
+            let hidden = self.model.forward(&token_ids, &type_ids, Some(&mask))?;
+            hidden.narrow(1, 1, 1)?.squeeze(1)?.to_vec2::<f32>()
+        })()
+        .map_err(|error: candle_core::Error| inference(&error))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
