@@ -71,6 +71,12 @@ pub struct ScreeningConfig {
     pub flag_threshold: f64,
     /// Score from which a prompt is blocked.
     pub block_threshold: f64,
+    /// Whether the semantic stage (similarity to known attacks) takes part. When its model
+    /// is missing the daemon screens with the rules alone and says so in its status.
+    pub semantic: bool,
+    /// The model directory under `$SYNOS_MODEL_DIR` whose distilled token table the semantic
+    /// stage reads.
+    pub model: String,
 }
 
 impl Default for ScreeningConfig {
@@ -78,6 +84,8 @@ impl Default for ScreeningConfig {
         Self {
             flag_threshold: 0.4,
             block_threshold: 0.7,
+            semantic: true,
+            model: "all-MiniLM-L6-v2".to_owned(),
         }
     }
 }
@@ -288,6 +296,13 @@ impl Settings for Config {
             problems.push(Problem::new(
                 "screening.flag_threshold",
                 "must not exceed screening.block_threshold",
+            ));
+        }
+        let model = &screening.model;
+        if model.is_empty() || model.contains('/') || model.starts_with('.') {
+            problems.push(Problem::new(
+                "screening.model",
+                "must be the name of a directory under the model directory",
             ));
         }
         for kind in &self.redaction.disabled_kinds {

@@ -8,6 +8,7 @@ pub mod redaction;
 pub mod runner;
 pub mod sandbox;
 pub mod screening;
+pub mod semantic;
 mod service;
 pub mod tools;
 
@@ -33,16 +34,50 @@ pub const IDENTITY: DaemonIdentity = DaemonIdentity {
 pub(crate) fn status_line(
     files: &PolicyFiles,
     sandbox: Result<&sandbox::Sandbox, &String>,
+    screening: &str,
 ) -> String {
     let sandbox = match sandbox {
         Ok(sandbox) => format!("tools run under {}", sandbox.name()),
         Err(problem) => format!("tools disabled ({problem})"),
     };
     format!(
-        "serving; default deny with {} policies from {} file(s); {sandbox}",
+        "serving; default deny with {} policies from {} file(s); {screening}; {sandbox}",
         files.policy_count(),
         files.files.len()
     )
+}
+
+/// The screener the settings ask for, and how it screens, for the status line. A semantic
+/// stage that cannot be loaded leaves the rules screening alone: weaker, but never down.
+async fn screener(
+    settings: &config::ScreeningConfig,
+    directories: &synos_common::identity::Directories,
+) -> (screening::Screener, String) {
+    let screener = screening::Screener::new(settings.flag_threshold, settings.block_threshold);
+    if !settings.semantic {
+        return (
+            screener,
+            "screening by rules alone (semantic = false)".to_owned(),
+        );
+    }
+    let directory = directories.models.join(&settings.model);
+    let loaded = tokio::task::spawn_blocking(move || semantic::SemanticStage::load(&directory))
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|loaded| loaded.map_err(|error| error.to_string()));
+    match loaded {
+        Ok(stage) => (
+            screener.with_semantic_stage(Arc::new(stage)),
+            format!("screening by rules and similarity ({})", settings.model),
+        ),
+        Err(problem) => {
+            tracing::warn!(%problem, "semantic screening unavailable: the rules screen alone");
+            (
+                screener,
+                format!("screening by rules alone: semantic stage unavailable ({problem})"),
+            )
+        }
+    }
 }
 
 /// Serves the policy API until `shutdown` is cancelled. Invalid policies stop the start (exit
@@ -67,8 +102,9 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             .await
             .map_err(|error| error.to_string()),
     };
+    let (screener, screening) = screener(&settings.screening, &config.directories).await;
     let status = StatusLine::new(match &audit {
-        Ok(_) => status_line(&files, sandbox.as_ref()),
+        Ok(_) => status_line(&files, sandbox.as_ref(), &screening),
         Err(problem) => {
             tracing::error!(%problem, "audit log unusable");
             format!("DEGRADED: {problem}; every decision is refused")
@@ -95,10 +131,8 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             service::tool_attributes(&settings.tools),
         )),
         policy_directory,
-        screener: screening::Screener::new(
-            settings.screening.flag_threshold,
-            settings.screening.block_threshold,
-        ),
+        screener,
+        screening_summary: screening,
         redactor: redaction::Redactor::new(settings.redaction.disabled_kinds.clone()),
         audit,
         sandbox: sandbox.clone(),

@@ -2,14 +2,18 @@
 //! jailbreak attempts. Rules match on a normalised copy of the text (compatibility forms
 //! folded, lower case, invisible characters dropped, spaces collapsed), so look-alike letters
 //! and zero-width joiners do not slip past; matches are reported in the original's offsets.
+//! A second, semantic stage ([`crate::semantic`]) scores how close the text comes to known
+//! attacks; its evidence combines with the rules' into the one score.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use regex::{Regex, RegexSet};
 use unicode_normalization::UnicodeNormalization as _;
 
-/// Changes whenever a rule, weight or the normalisation changes.
-pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.1";
+use crate::semantic::SemanticStage;
+
+/// Changes whenever a rule, weight, exemplar or the normalisation changes.
+pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.2";
 
 /// One rule: a pattern over the normalised text and how much a match counts.
 #[derive(Debug)]
@@ -28,7 +32,7 @@ const RULES: &[Rule] = &[
         id: "ignore-previous-instructions",
         description: "tells the model to ignore, forget or override its earlier instructions",
         weight: 0.85,
-        pattern: r"\b(ignore|disregard|forget|skip|override|bypass|drop|abandon|discard)\b[^.\n]{0,40}?\b(previous|prior|above|earlier|preceding|initial|original|system|all|any|your|the)\s+(instructions?|prompts?|rules|directions|directives|guidelines|guidance|context|messages?|commands?|programming|constraints)\b",
+        pattern: r"\b(ignore|disregard|forget|skip|override|bypass|drop|abandon|discard)\b[^.\n]{0,40}?\b(previous|previously\s+given|prior|above|earlier|preceding|initial|original|system|all|any|your|the)\s+(instructions?|prompts?|rules|directions?|directives|guidelines|guidance|context|messages?|commands?|programming|constraints|inputs|orders)\b",
     },
     Rule {
         id: "reveal-system-prompt",
@@ -134,6 +138,82 @@ const HIDDEN_TEXT_RULE: Rule = Rule {
     pattern: "",
 };
 
+/// The semantic stage's findings, one rule per exemplar category (in
+/// [`crate::semantic::CATEGORIES`]
+/// order); their weight is the nominal one, each match carries its own.
+const SEMANTIC_RULES: &[Rule] = &[
+    semantic_rule(
+        "semantic-override",
+        "close to known attacks that drop the model's instructions for new ones",
+    ),
+    semantic_rule(
+        "semantic-leak",
+        "close to known attempts to obtain the hidden prompt or instructions",
+    ),
+    semantic_rule(
+        "semantic-persona",
+        "close to known unrestricted-persona jailbreaks",
+    ),
+    semantic_rule(
+        "semantic-safety",
+        "close to known claims that safety rules no longer apply",
+    ),
+    semantic_rule(
+        "semantic-authority",
+        "close to known false claims of authority over the model",
+    ),
+    semantic_rule(
+        "semantic-markers",
+        "close to known fake prompt endings and system turns",
+    ),
+    semantic_rule(
+        "semantic-indirect",
+        "close to known instructions planted in documents for the model",
+    ),
+    semantic_rule(
+        "semantic-exfiltration",
+        "close to known attempts to send data out",
+    ),
+    semantic_rule(
+        "semantic-hijack",
+        "close to known attempts to dictate the exact reply",
+    ),
+];
+
+const fn semantic_rule(id: &'static str, description: &'static str) -> Rule {
+    Rule {
+        id,
+        description,
+        weight: SEMANTIC_BLOCK_WEIGHT,
+        pattern: "",
+    }
+}
+
+/// The semantic margin from which the stage alone blocks at the default thresholds: chosen on
+/// the tuning set (`tests/screening/tuning.jsonl`) as the most recall with at most 5% of its
+/// benign prompts blocked.
+const SEMANTIC_BLOCK_MARGIN: f32 = 0.4375;
+/// Below the block margin by this much the stage adds nothing; in between its weight rises
+/// linearly, so weak semantic evidence and a weak rule together can reach a verdict.
+const SEMANTIC_RAMP: f32 = 0.1;
+/// The weight of a match at the block margin: the default block threshold.
+const SEMANTIC_BLOCK_WEIGHT: f64 = 0.7;
+/// The most a semantic match weighs, however close.
+const SEMANTIC_MOST_WEIGHT: f64 = 0.95;
+
+/// The weight of a semantic match with this margin; zero when it is too far to count.
+fn semantic_weight(margin: f32) -> f64 {
+    let above = f64::from((margin - (SEMANTIC_BLOCK_MARGIN - SEMANTIC_RAMP)) / SEMANTIC_RAMP);
+    if above <= 0.0 {
+        0.0
+    } else if above <= 1.0 {
+        SEMANTIC_BLOCK_WEIGHT * above
+    } else {
+        (SEMANTIC_BLOCK_WEIGHT + (SEMANTIC_MOST_WEIGHT - SEMANTIC_BLOCK_WEIGHT) * (above - 1.0))
+            .min(SEMANTIC_MOST_WEIGHT)
+    }
+}
+
 struct CompiledRules {
     any: RegexSet,
     each: Vec<Regex>,
@@ -180,6 +260,9 @@ impl Verdict {
 pub struct Matched {
     /// The rule.
     pub rule: &'static Rule,
+    /// What this match adds to the score: the rule's weight, or for the semantic stage how
+    /// close the text came.
+    pub weight: f64,
     /// Start of its first match.
     pub start: usize,
     /// End of its first match.
@@ -197,21 +280,36 @@ pub struct Screening {
     pub matched: Vec<Matched>,
 }
 
-/// Scores texts against the rule set with configured thresholds.
-#[derive(Debug, Clone, Copy)]
+/// Scores texts against the rule set, and the semantic stage when it is loaded, with
+/// configured thresholds.
+#[derive(Debug, Clone)]
 pub struct Screener {
     flag_threshold: f64,
     block_threshold: f64,
+    semantic: Option<Arc<SemanticStage>>,
 }
 
 impl Screener {
-    /// A screener with these thresholds (validated by the configuration).
+    /// A screener with these thresholds (validated by the configuration), rules only.
     pub fn new(flag_threshold: f64, block_threshold: f64) -> Self {
         LazyLock::force(&COMPILED);
         Self {
             flag_threshold,
             block_threshold,
+            semantic: None,
         }
+    }
+
+    /// The same screener with the semantic stage as well.
+    #[must_use]
+    pub fn with_semantic_stage(mut self, stage: Arc<SemanticStage>) -> Self {
+        self.semantic = Some(stage);
+        self
+    }
+
+    /// Whether the semantic stage takes part.
+    pub fn has_semantic_stage(&self) -> bool {
+        self.semantic.is_some()
     }
 
     /// Screens `text`.
@@ -221,6 +319,7 @@ impl Screener {
         if let Some((start, c)) = text.char_indices().find(|(_, c)| is_hiding_character(*c)) {
             matched.push(Matched {
                 rule: &HIDDEN_TEXT_RULE,
+                weight: HIDDEN_TEXT_RULE.weight,
                 start,
                 end: start + c.len_utf8(),
             });
@@ -235,15 +334,34 @@ impl Screener {
                 };
                 matched.push(Matched {
                     rule: &RULES[index],
+                    weight: RULES[index].weight,
                     start,
                     end: end.max(start),
+                });
+            }
+        }
+        let original = |offset: usize| origins.get(offset).copied().unwrap_or(text.len());
+        // A tokenizer failure leaves the rules' verdict; it cannot happen on valid UTF-8.
+        if let Some(Ok(Some(nearest))) = self
+            .semantic
+            .as_ref()
+            .map(|stage| stage.nearest(&normalised))
+        {
+            let weight = semantic_weight(nearest.margin);
+            if weight > 0.0 {
+                let start = original(nearest.start);
+                matched.push(Matched {
+                    rule: &SEMANTIC_RULES[nearest.category],
+                    weight,
+                    start,
+                    end: original(nearest.end).max(start),
                 });
             }
         }
         let score = 1.0
             - matched
                 .iter()
-                .map(|found| 1.0 - found.rule.weight)
+                .map(|found| 1.0 - found.weight)
                 .product::<f64>();
         let verdict = if score >= self.block_threshold {
             Verdict::Block
@@ -296,12 +414,16 @@ fn normalise(text: &str) -> (String, Vec<usize>) {
 
 /// The rules, for listing.
 pub fn rules() -> impl Iterator<Item = &'static Rule> {
-    RULES.iter().chain(std::iter::once(&HIDDEN_TEXT_RULE))
+    RULES
+        .iter()
+        .chain(std::iter::once(&HIDDEN_TEXT_RULE))
+        .chain(SEMANTIC_RULES)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::semantic;
 
     fn screener() -> Screener {
         Screener::new(0.4, 0.7)
@@ -315,6 +437,25 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), count);
         assert_eq!(COMPILED.each.len(), RULES.len());
+        let semantic_ids: Vec<String> = semantic::CATEGORIES
+            .iter()
+            .map(|category| format!("semantic-{category}"))
+            .collect();
+        let rule_ids: Vec<&str> = SEMANTIC_RULES.iter().map(|rule| rule.id).collect();
+        assert_eq!(semantic_ids, rule_ids);
+    }
+
+    #[test]
+    fn semantic_weight_rises_to_a_block_at_the_margin_and_stays_below_certainty() {
+        assert_eq!(semantic_weight(0.0), 0.0);
+        assert_eq!(semantic_weight(SEMANTIC_BLOCK_MARGIN - SEMANTIC_RAMP), 0.0);
+        let halfway = semantic_weight(SEMANTIC_BLOCK_MARGIN - SEMANTIC_RAMP / 2.0);
+        assert!(
+            (halfway - SEMANTIC_BLOCK_WEIGHT / 2.0).abs() < 1e-3,
+            "{halfway}"
+        );
+        assert!((semantic_weight(SEMANTIC_BLOCK_MARGIN) - SEMANTIC_BLOCK_WEIGHT).abs() < 1e-6);
+        assert_eq!(semantic_weight(1.0), SEMANTIC_MOST_WEIGHT);
     }
 
     #[test]

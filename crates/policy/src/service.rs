@@ -33,6 +33,10 @@ use crate::redaction::{Redactor, Span, StreamRedactor};
 use crate::sandbox::Sandbox;
 use crate::screening::{self, Screener};
 
+/// Texts up to this size are screened on the request's own task (well under a millisecond);
+/// longer ones on a blocking thread, so they never stall other requests.
+const INLINE_SCREENING_BYTES: usize = 16 * 1024;
+
 /// Largest text screened or redacted in one call.
 const MAX_TEXT_BYTES: usize = 4 * 1024 * 1024;
 
@@ -118,6 +122,8 @@ pub(crate) struct PolicyService {
     pub(crate) authorizer: ArcSwap<Authorizer>,
     pub(crate) policy_directory: PathBuf,
     pub(crate) screener: Screener,
+    /// How the screener screens, for the status line.
+    pub(crate) screening_summary: String,
     pub(crate) redactor: Redactor,
     pub(crate) audit: Result<AuditLog, String>,
     pub(crate) sandbox: Result<Sandbox, String>,
@@ -314,7 +320,19 @@ impl Policy for PolicyService {
     ) -> Result<Response<ScreenInputResponse>, Status> {
         let request = request.into_inner();
         checked_text(&request.text)?;
-        let screening = self.screener.screen(&request.text);
+        let screening = if request.text.len() <= INLINE_SCREENING_BYTES {
+            self.screener.screen(&request.text)
+        } else {
+            let (screener, text) = (self.screener.clone(), request.text.clone());
+            tokio::task::spawn_blocking(move || screener.screen(&text))
+                .await
+                .map_err(|error| {
+                    status_of(ServiceError::new(
+                        ErrorKind::Internal,
+                        format!("screening failed: {error}"),
+                    ))
+                })?
+        };
         let rules: Vec<&str> = screening
             .matched
             .iter()
@@ -351,7 +369,7 @@ impl Policy for PolicyService {
                 .map(|found| RuleMatch {
                     id: found.rule.id.to_owned(),
                     description: found.rule.description.to_owned(),
-                    weight: found.rule.weight,
+                    weight: found.weight,
                     start: found.start as u64,
                     end: found.end as u64,
                 })
@@ -583,8 +601,11 @@ impl Policy for PolicyService {
             files: files.files.clone(),
         };
         tracing::info!(policies = response.policy_count, "policies reloaded");
-        self.status
-            .set(crate::status_line(&files, self.sandbox.as_ref()));
+        self.status.set(crate::status_line(
+            &files,
+            self.sandbox.as_ref(),
+            &self.screening_summary,
+        ));
         self.authorizer.store(Arc::new(Authorizer::new(
             files,
             tool_attributes(&self.tools),

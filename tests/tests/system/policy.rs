@@ -353,9 +353,15 @@ async fn synosctl_screens_redacts_and_verifies_the_audit_log() {
         .iter()
         .map(|rule| rule["id"].as_str().unwrap())
         .collect();
+    // The sandbox gives the daemon the shipped model, so the semantic stage
+    // recognises the attack as well as the rules do.
     assert_eq!(
         rules,
-        ["ignore-previous-instructions", "reveal-system-prompt"]
+        [
+            "ignore-previous-instructions",
+            "reveal-system-prompt",
+            "semantic-override"
+        ]
     );
     let (code, stdout, _) =
         output(synosctl(&sandbox).args(["policy", "screen", "What is the capital of France?"]));
