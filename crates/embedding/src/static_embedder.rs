@@ -12,6 +12,7 @@ use half::slice::HalfFloatSliceExt as _;
 use tokenizers::Tokenizer;
 
 use crate::embedder::{Embedder, EmbeddingError};
+use crate::word_piece::AsciiWordPiece;
 
 /// Tokens run through the network together while distilling.
 const DISTIL_BATCH: usize = 512;
@@ -21,6 +22,9 @@ const TABLE_NAME: &str = "token_vectors";
 /// A distilled token table and the tokenizer that indexes it.
 pub struct StaticEmbedder {
     tokenizer: Tokenizer,
+    /// The same tokenization for ASCII text, ten times faster; `None` for a tokenizer it does
+    /// not reproduce.
+    fast_path: Option<AsciiWordPiece>,
     /// `vocabulary × dimensions`, row-major, centred and weighted at load; half precision
     /// halves the daemon's memory (23 MB) and changes no similarity in its third decimal.
     rows: Vec<f16>,
@@ -115,6 +119,7 @@ impl StaticEmbedder {
         let mut half_rows = vec![f16::ZERO; rows.len()];
         half_rows.convert_from_f32_slice(&rows);
         Ok(Self {
+            fast_path: AsciiWordPiece::for_tokenizer(&tokenizer),
             tokenizer,
             rows: half_rows,
             dimensions,
@@ -154,6 +159,18 @@ impl StaticEmbedder {
 
     /// The tokens of `text`, without special tokens.
     pub fn tokens(&self, text: &str) -> Result<Tokens, EmbeddingError> {
+        if let Some(tokens) = self
+            .fast_path
+            .as_ref()
+            .and_then(|fast_path| fast_path.tokens(text))
+        {
+            return Ok(tokens);
+        }
+        self.tokens_by_the_library(text)
+    }
+
+    /// [`Self::tokens`] by the `tokenizers` pipeline, whatever the text.
+    fn tokens_by_the_library(&self, text: &str) -> Result<Tokens, EmbeddingError> {
         let encoding = self
             .tokenizer
             .encode(text, false)
@@ -164,9 +181,14 @@ impl StaticEmbedder {
         })
     }
 
-    /// Unit-length mean of the rows of `ids` (all zeros when there are none).
-    pub fn embed_ids(&self, ids: &[u32]) -> Vec<f32> {
-        let mut sum = vec![0.0_f32; self.dimensions];
+    /// Number of rows: the tokenizer's vocabulary.
+    pub fn vocabulary(&self) -> usize {
+        self.rows.len() / self.dimensions.max(1)
+    }
+
+    /// Adds the rows of `ids` to `sum`, which is one vector long; an id outside the table adds
+    /// nothing.
+    pub fn add_rows(&self, ids: &[u32], sum: &mut [f32]) {
         let mut row_values = vec![0.0_f32; self.dimensions];
         for &id in ids {
             let start = id as usize * self.dimensions;
@@ -177,7 +199,32 @@ impl StaticEmbedder {
                 }
             }
         }
-        let norm = sum.iter().map(|value| value * value).sum::<f32>().sqrt();
+    }
+
+    /// Every row's dot product with each of `directions` (vectors laid end to end): a
+    /// `vocabulary × direction count` matrix, row-major. A window's similarity to a direction is
+    /// then the sum of its tokens' entries over the length of its summed rows, without touching
+    /// the rows again (what makes screening a long text cheap).
+    pub fn row_dot_products(&self, directions: &[f32]) -> Vec<f32> {
+        let count = directions.len() / self.dimensions.max(1);
+        let mut products = Vec::with_capacity(self.vocabulary() * count);
+        let mut row_values = vec![0.0_f32; self.dimensions];
+        for row in self.rows.chunks_exact(self.dimensions) {
+            row.convert_to_f32_slice(&mut row_values);
+            products.extend(
+                directions
+                    .chunks_exact(self.dimensions)
+                    .map(|direction| dot(&row_values, direction)),
+            );
+        }
+        products
+    }
+
+    /// Unit-length mean of the rows of `ids` (all zeros when there are none).
+    pub fn embed_ids(&self, ids: &[u32]) -> Vec<f32> {
+        let mut sum = vec![0.0_f32; self.dimensions];
+        self.add_rows(ids, &mut sum);
+        let norm = norm(&sum);
         if norm > 0.0 {
             for value in &mut sum {
                 *value /= norm;
@@ -189,5 +236,47 @@ impl StaticEmbedder {
     /// Unit-length vector of `text`.
     pub fn embed(&self, text: &str) -> Result<Vec<f32>, EmbeddingError> {
         Ok(self.embed_ids(&self.tokens(text)?.ids))
+    }
+}
+
+/// Euclidean length of `vector`.
+pub fn norm(vector: &[f32]) -> f32 {
+    dot(vector, vector).sqrt()
+}
+
+/// Dot product in eight independent lanes: a single running sum cannot be reordered, so the
+/// compiler would not vectorise it (four times slower here).
+pub fn dot(left: &[f32], right: &[f32]) -> f32 {
+    let mut lanes = [0.0_f32; 8];
+    let (left_chunks, right_chunks) = (left.chunks_exact(8), right.chunks_exact(8));
+    let rest: f32 = left_chunks
+        .remainder()
+        .iter()
+        .zip(right_chunks.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in left_chunks.zip(right_chunks) {
+        for lane in 0..8 {
+            lanes[lane] += a[lane] * b[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_products_agree_with_the_plain_sum_at_any_length() {
+        for length in [0, 1, 7, 8, 9, 384, 390] {
+            let left: Vec<f32> = (0..length).map(|index| index as f32 * 0.5).collect();
+            let right: Vec<f32> = (0..length).map(|index| 1.0 - index as f32).collect();
+            let plain: f32 = left.iter().zip(&right).map(|(a, b)| a * b).sum();
+            assert!(
+                (dot(&left, &right) - plain).abs() <= plain.abs() * 1e-5,
+                "{length}"
+            );
+        }
     }
 }

@@ -288,15 +288,7 @@ fn over_the_socket() {
 /// p50 and p99 of screening 1 KB prompts, rules alone and with the semantic stage, in the same
 /// run (issue target: p99 ≤ 20 ms with the semantic stage).
 fn screening_one_kilobyte(rules: &Screener, text: &str) {
-    let models = std::env::var_os("SYNOS_MODEL_DIR")
-        .filter(|value| !value.is_empty())
-        .map_or_else(
-            || {
-                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                    .join(".cache/synos/models")
-            },
-            std::path::PathBuf::from,
-        );
+    let models = synos_embedding::fetched_model_directory();
     let stage = match synos_policy::semantic::SemanticStage::load(&models.join("all-MiniLM-L6-v2"))
     {
         Ok(stage) => std::sync::Arc::new(stage),

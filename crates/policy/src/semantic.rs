@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use synos_embedding::{EmbeddingError, StaticEmbedder};
+use synos_embedding::{EmbeddingError, StaticEmbedder, norm};
 
 /// The exemplar bank, written for SynOS (see the file's header).
 const EXEMPLARS: &str = include_str!("../screening/exemplars.tsv");
@@ -46,14 +46,26 @@ pub struct Nearest {
     pub end: usize,
 }
 
-/// The loaded table and the bank's vectors.
+/// The loaded table and every vocabulary token's similarity to each exemplar.
 #[derive(Debug)]
 pub struct SemanticStage {
     embedder: StaticEmbedder,
-    /// Attack vectors, one after another, and each one's category.
-    attacks: Vec<f32>,
+    /// `vocabulary × exemplars`: each token row's dot product with each exemplar's vector,
+    /// attacks first, then benign sentences. Computed once at load (a third of a second), it
+    /// turns scoring a window into adding eight rows of this matrix.
+    token_similarities: Vec<f32>,
+    /// Category of each attack exemplar; there are this many attacks.
     attack_categories: Vec<usize>,
-    benign: Vec<f32>,
+    exemplar_count: usize,
+}
+
+/// Sums over one run of [`WINDOW_STRIDE`] tokens; a window is two consecutive runs.
+#[derive(Debug, Clone)]
+struct Run {
+    first_token: usize,
+    last_token: usize,
+    rows: Vec<f32>,
+    similarities: Vec<f32>,
 }
 
 impl SemanticStage {
@@ -63,87 +75,113 @@ impl SemanticStage {
             model_directory,
             &model_directory.join(synos_embedding::STATIC_TABLE_FILE),
         )?;
-        let mut stage = Self {
-            embedder,
-            attacks: Vec::new(),
-            attack_categories: Vec::new(),
-            benign: Vec::new(),
-        };
+        let mut attacks = Vec::new();
+        let mut attack_categories = Vec::new();
+        let mut benign = Vec::new();
         for (kind, category, text) in exemplars() {
-            let vector = stage.embedder.embed(text)?;
+            let vector = embedder.embed(text)?;
             if kind == "attack" {
-                stage.attacks.extend(vector);
-                stage
-                    .attack_categories
-                    .push(category_index(category).unwrap_or(0));
+                attacks.extend(vector);
+                attack_categories.push(category_index(category).unwrap_or(0));
             } else {
-                stage.benign.extend(vector);
+                benign.extend(vector);
             }
         }
-        Ok(stage)
+        let exemplar_count = (attacks.len() + benign.len()) / embedder.dimensions().max(1);
+        attacks.extend(benign);
+        let token_similarities = embedder.row_dot_products(&attacks);
+        Ok(Self {
+            embedder,
+            token_similarities,
+            attack_categories,
+            exemplar_count,
+        })
     }
 
     /// The window of `text` that comes closest to an attack, if the text has any token.
     pub fn nearest(&self, text: &str) -> Result<Option<Nearest>, EmbeddingError> {
         let tokens = self.embedder.tokens(text)?;
-        let count = tokens.ids.len();
-        let dimensions = self.embedder.dimensions();
+        let run_count = tokens.ids.len().div_ceil(WINDOW_STRIDE);
+        let (mut previous, mut current, mut window) =
+            (self.empty_run(), self.empty_run(), self.empty_run());
         let mut best: Option<Nearest> = None;
-        let mut start = 0;
-        while start < count {
-            let end = (start + WINDOW_TOKENS).min(count);
-            let vector = self.embedder.embed_ids(&tokens.ids[start..end]);
-            let (attack, category) = self
-                .attacks
-                .chunks_exact(dimensions)
-                .zip(&self.attack_categories)
-                .map(|(row, category)| (dot(row, &vector), *category))
-                .fold(
-                    (f32::MIN, 0),
-                    |best, next| {
-                        if next.0 > best.0 { next } else { best }
-                    },
-                );
-            let benign = self
-                .benign
-                .chunks_exact(dimensions)
-                .map(|row| dot(row, &vector))
-                .fold(0.0_f32, f32::max);
-            let margin = attack - BENIGN_PENALTY * benign;
-            if best.as_ref().is_none_or(|best| margin > best.margin) {
-                best = Some(Nearest {
-                    category,
-                    margin,
-                    start: tokens.offsets[start].0,
-                    end: tokens.offsets[end - 1].1,
-                });
+        for (index, ids) in tokens.ids.chunks(WINDOW_STRIDE).enumerate() {
+            current.first_token = index * WINDOW_STRIDE;
+            current.last_token = current.first_token + ids.len() - 1;
+            current.rows.fill(0.0);
+            current.similarities.fill(0.0);
+            self.embedder.add_rows(ids, &mut current.rows);
+            for &id in ids {
+                let start = id as usize * self.exemplar_count;
+                if let Some(row) = self
+                    .token_similarities
+                    .get(start..start + self.exemplar_count)
+                {
+                    add(&mut current.similarities, row);
+                }
             }
-            if end == count {
-                break;
+            let candidate = if index > 0 {
+                window.clone_from(&previous);
+                window.last_token = current.last_token;
+                add(&mut window.rows, &current.rows);
+                add(&mut window.similarities, &current.similarities);
+                Some(self.score(&window, &tokens.offsets))
+            } else if run_count == 1 {
+                Some(self.score(&current, &tokens.offsets))
+            } else {
+                None
+            };
+            if let Some(candidate) = candidate
+                && best
+                    .as_ref()
+                    .is_none_or(|best| candidate.margin > best.margin)
+            {
+                best = Some(candidate);
             }
-            start += WINDOW_STRIDE;
+            std::mem::swap(&mut previous, &mut current);
         }
         Ok(best)
     }
-}
 
-/// Dot product in eight independent lanes: a single running sum cannot be reordered, so the
-/// compiler would not vectorise it (four times slower here).
-fn dot(left: &[f32], right: &[f32]) -> f32 {
-    let mut lanes = [0.0_f32; 8];
-    let (left_chunks, right_chunks) = (left.chunks_exact(8), right.chunks_exact(8));
-    let rest: f32 = left_chunks
-        .remainder()
-        .iter()
-        .zip(right_chunks.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    for (a, b) in left_chunks.zip(right_chunks) {
-        for lane in 0..8 {
-            lanes[lane] += a[lane] * b[lane];
+    fn empty_run(&self) -> Run {
+        Run {
+            first_token: 0,
+            last_token: 0,
+            rows: vec![0.0; self.embedder.dimensions()],
+            similarities: vec![0.0; self.exemplar_count],
         }
     }
-    lanes.iter().sum::<f32>() + rest
+
+    /// How close the window summed in `window` comes to an attack.
+    fn score(&self, window: &Run, offsets: &[(usize, usize)]) -> Nearest {
+        let length = norm(&window.rows);
+        let scale = if length > 0.0 { length.recip() } else { 0.0 };
+        let (attacks, benign) = window.similarities.split_at(self.attack_categories.len());
+        let (attack, category) = attacks.iter().zip(&self.attack_categories).fold(
+            (f32::MIN, 0),
+            |best, (similarity, category)| {
+                if *similarity > best.0 {
+                    (*similarity, *category)
+                } else {
+                    best
+                }
+            },
+        );
+        let benign = benign.iter().copied().fold(0.0_f32, f32::max);
+        Nearest {
+            category,
+            margin: (attack - BENIGN_PENALTY * benign) * scale,
+            start: offsets[window.first_token].0,
+            end: offsets[window.last_token].1,
+        }
+    }
+}
+
+/// Adds `values` into `total`, element by element.
+fn add(total: &mut [f32], values: &[f32]) {
+    for (sum, value) in total.iter_mut().zip(values) {
+        *sum += value;
+    }
 }
 
 fn category_index(name: &str) -> Option<usize> {
@@ -179,19 +217,6 @@ mod tests {
                 assert!(category_index(category).is_some(), "{category}: {text}");
             }
             assert!(text.len() > 10, "{text}");
-        }
-    }
-
-    #[test]
-    fn dot_products_agree_with_the_plain_sum_at_any_length() {
-        for length in [0, 1, 7, 8, 9, 384, 390] {
-            let left: Vec<f32> = (0..length).map(|index| index as f32 * 0.5).collect();
-            let right: Vec<f32> = (0..length).map(|index| 1.0 - index as f32).collect();
-            let plain: f32 = left.iter().zip(&right).map(|(a, b)| a * b).sum();
-            assert!(
-                (dot(&left, &right) - plain).abs() <= plain.abs() * 1e-5,
-                "{length}"
-            );
         }
     }
 }

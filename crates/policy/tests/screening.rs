@@ -26,22 +26,8 @@ fn prompts(name: &str) -> Vec<Prompt> {
         .collect()
 }
 
-/// The shipped models as `scripts/fetch-models.sh` lays them out.
-fn model_directory() -> PathBuf {
-    if let Some(directory) = std::env::var_os("SYNOS_MODEL_DIR").filter(|value| !value.is_empty()) {
-        return PathBuf::from(directory);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|value| !value.is_empty())
-        .map_or_else(
-            || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"),
-            PathBuf::from,
-        );
-    cache.join("synos/models")
-}
-
 fn semantic_stage() -> Arc<SemanticStage> {
-    let directory = model_directory().join("all-MiniLM-L6-v2");
+    let directory = synos_embedding::fetched_model_directory().join("all-MiniLM-L6-v2");
     Arc::new(SemanticStage::load(&directory).unwrap_or_else(|error| {
         panic!("the semantic stage needs the fetched model (scripts/fetch-models.sh): {error}")
     }))
