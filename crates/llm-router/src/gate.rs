@@ -12,7 +12,8 @@ use futures_util::{Stream, StreamExt as _};
 use serde_json::Value;
 use synos_proto::policy::v1::policy_client::PolicyClient;
 use synos_proto::policy::v1::{
-    AuthorizeRequest, Decision, RedactOutputChunk, RedactOutputRequest, ScreenInputRequest, Verdict,
+    AuthorizeRequest, Decision, RedactOutputChunk, RedactOutputRequest, ScreenInputRequest,
+    ScreenPromptRequest, Verdict,
 };
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -125,29 +126,35 @@ impl Gate {
     }
 
     /// Asks policy whether `call`'s principal may use its route (Cedar, `llm.route:<name>`) and
-    /// screens its prompt (every message's text, in order), both at once.
+    /// screens its prompt (every message's text, in order), in one round trip whose two audit
+    /// records share one commit.
     pub(crate) async fn screen(&self, call: &ChatCall) -> Result<Screening, RouteError> {
         if !self.active() {
             return Ok(Screening::Off);
         }
         let answers = match self.client().await {
             Err(problem) => Err(problem),
-            Ok(client) => {
-                let (mut authorizer, mut screener) = (client.clone(), client);
-                let (authorized, screened) = tokio::join!(
-                    ask_policy(authorizer.authorize(AuthorizeRequest {
-                        principal: format!("User::{:?}", call.principal),
-                        action: format!("llm.route:{}", call.route),
-                        resource: String::new(),
-                    })),
-                    ask_policy(screener.screen_input(ScreenInputRequest {
-                        text: prompt_text(call),
-                        principal: call.principal.clone(),
-                        resource: format!("Route::{:?}", call.route),
-                    })),
-                );
-                authorized.and_then(|authorized| screened.map(|screened| (authorized, screened)))
-            }
+            Ok(mut client) => ask_policy(client.screen_prompt(ScreenPromptRequest {
+                authorization: Some(AuthorizeRequest {
+                    principal: format!("User::{:?}", call.principal),
+                    action: format!("llm.route:{}", call.route),
+                    resource: String::new(),
+                }),
+                screening: Some(ScreenInputRequest {
+                    text: prompt_text(call),
+                    principal: call.principal.clone(),
+                    resource: format!("Route::{:?}", call.route),
+                }),
+            }))
+            .await
+            .and_then(|answer| match (answer.authorization, answer.screening) {
+                (Some(authorized), screened)
+                    if authorized.decision() != Decision::Allow || screened.is_some() =>
+                {
+                    Ok((authorized, screened))
+                }
+                _ => Err("policy's answer lacks its decision or its screening".to_owned()),
+            }),
         };
         if answers.is_ok() {
             self.set_unreachable(None);
@@ -167,7 +174,9 @@ impl Gate {
                         }
                     )));
                 }
-                if screened.verdict() == Verdict::Block {
+                if let Some(screened) = screened
+                    && screened.verdict() == Verdict::Block
+                {
                     let rules: Vec<String> =
                         screened.rules.iter().map(|rule| rule.id.clone()).collect();
                     tracing::warn!(route = %call.route, principal = %call.principal, score = screened.score, rules = %rules.join(","), "prompt blocked by policy");

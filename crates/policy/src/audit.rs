@@ -105,7 +105,8 @@ struct Head {
     hash: [u8; 32],
 }
 
-type Pending = (Entry, oneshot::Sender<Result<u64, AuditError>>);
+/// Entries that must share one commit, and where to send the first one's sequence number.
+type Pending = (Vec<Entry>, oneshot::Sender<Result<u64, AuditError>>);
 
 /// Appends and reads the audit log. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -262,9 +263,18 @@ impl AuditLog {
 
     /// Appends `entry`; returns its sequence number once it is on disk.
     pub async fn append(&self, entry: Entry) -> Result<u64, AuditError> {
+        self.append_together(vec![entry]).await
+    }
+
+    /// Appends `entries` in order and in one commit, so either all of them are on disk or none;
+    /// returns the first one's sequence number (the others follow it one by one).
+    pub async fn append_together(&self, entries: Vec<Entry>) -> Result<u64, AuditError> {
+        if entries.is_empty() {
+            return Err(AuditError::Write("nothing to append".to_owned()));
+        }
         let (reply, answer) = oneshot::channel();
         self.appends
-            .send((entry, reply))
+            .send((entries, reply))
             .await
             .map_err(|_| AuditError::Write("the writer has stopped".to_owned()))?;
         answer
@@ -433,10 +443,14 @@ async fn write_batches(
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let head_file = open_head_file(&path, initial);
     while let Some(first) = receiver.recv().await {
+        let mut entries = first.0.len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while entries < MAX_BATCH {
             match receiver.try_recv() {
-                Ok(pending) => batch.push(pending),
+                Ok(pending) => {
+                    entries += pending.0.len();
+                    batch.push(pending);
+                }
                 Err(_) => break,
             }
         }
@@ -448,8 +462,10 @@ async fn write_batches(
                 *head
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = new_head;
-                for (offset, (_, reply)) in batch.into_iter().enumerate() {
-                    let _ = reply.send(Ok(start.sequence + 1 + offset as u64));
+                let mut next = start.sequence + 1;
+                for (entries, reply) in batch {
+                    let _ = reply.send(Ok(next));
+                    next += entries.len() as u64;
                 }
                 // After the replies: the commit is what makes them true; the head file only
                 // helps notice a truncation later, and never runs ahead of the database.
@@ -500,7 +516,7 @@ async fn write_batch(
     let time = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
     let mut head = start;
     let mut rows = Vec::with_capacity(batch.len());
-    for (entry, _) in batch {
+    for entry in batch.iter().flat_map(|(entries, _)| entries) {
         let sequence = head.sequence + 1;
         let detail = entry.detail.to_string();
         let hash = hash_record(

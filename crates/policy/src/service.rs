@@ -21,8 +21,8 @@ use synos_proto::policy::v1::{
     AuditRecord, AuthorizeRequest, AuthorizeResponse, Decision, ExecToolResponse,
     QueryAuditRequest, QueryAuditResponse, RedactOutputChunk, RedactOutputRequest,
     RedactOutputResponse, RedactedSpan, ReloadPoliciesRequest, ReloadPoliciesResponse, RuleMatch,
-    ScreenInputRequest, ScreenInputResponse, ToolCallRequest, ToolCallResponse, Verdict,
-    VerifyAuditRequest, VerifyAuditResponse,
+    ScreenInputRequest, ScreenInputResponse, ScreenPromptRequest, ScreenPromptResponse,
+    ToolCallRequest, ToolCallResponse, Verdict, VerifyAuditRequest, VerifyAuditResponse,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -205,13 +205,108 @@ impl PolicyService {
     }
 
     async fn record(&self, entry: Entry) -> Result<u64, Status> {
+        self.record_together(vec![entry]).await
+    }
+
+    /// Records `entries` in one commit; the first one's sequence number.
+    async fn record_together(&self, entries: Vec<Entry>) -> Result<u64, Status> {
         let audit = self.audit()?;
-        audit.append(entry).await.map_err(|error| {
+        audit.append_together(entries).await.map_err(|error| {
             self.status.set(format!(
                 "DEGRADED: {error}; every decision is refused until it is writable"
             ));
             status_of(error)
         })
+    }
+
+    /// Cedar's decision on `request`: its audit entry, and the answer to send once that is
+    /// recorded.
+    fn decide(&self, request: &AuthorizeRequest) -> Result<(Entry, AuthorizeResponse), Status> {
+        let decided = self
+            .authorizer
+            .load()
+            .authorize(&request.principal, &request.action, &request.resource)
+            .map_err(status_of)?;
+        let entry = Entry {
+            kind: "authorize",
+            principal: request.principal.clone(),
+            action: decided.action.clone(),
+            resource: decided.resource.clone(),
+            outcome: if decided.allowed { "allow" } else { "deny" }.to_owned(),
+            detail: json!({ "policies": decided.determining_policies, "errors": decided.errors }),
+        };
+        let answer = AuthorizeResponse {
+            decision: decision(decided.allowed),
+            determining_policies: decided.determining_policies,
+            errors: decided.errors,
+            audit_sequence: 0,
+        };
+        Ok((entry, answer))
+    }
+
+    /// The screening of `request`'s text: its audit entry, and the answer to send once that is
+    /// recorded.
+    async fn screened(
+        &self,
+        request: &ScreenInputRequest,
+    ) -> Result<(Entry, ScreenInputResponse), Status> {
+        checked_text(&request.text)?;
+        let screening = if request.text.len() <= INLINE_SCREENING_BYTES {
+            self.screener.screen(&request.text)
+        } else {
+            let (screener, text) = (self.screener.clone(), request.text.clone());
+            tokio::task::spawn_blocking(move || screener.screen(&text))
+                .await
+                .map_err(|error| {
+                    status_of(ServiceError::new(
+                        ErrorKind::Internal,
+                        format!("screening failed: {error}"),
+                    ))
+                })?
+        };
+        let rules: Vec<&str> = screening
+            .matched
+            .iter()
+            .map(|found| found.rule.id)
+            .collect();
+        let entry = Entry {
+            kind: "screen",
+            principal: request.principal.clone(),
+            action: "screen".to_owned(),
+            resource: request.resource.clone(),
+            outcome: screening.verdict.as_str().to_owned(),
+            // The text itself is never kept: only a fingerprint to match it up later.
+            detail: json!({
+                "score": screening.score,
+                "rules": rules,
+                "rule_set": screening::RULE_SET_VERSION,
+                "text_sha256": hex::encode(Sha256::digest(request.text.as_bytes())),
+                "text_bytes": request.text.len(),
+            }),
+        };
+        let answer = ScreenInputResponse {
+            score: screening.score,
+            verdict: match screening.verdict {
+                screening::Verdict::Allow => Verdict::Allow,
+                screening::Verdict::Flag => Verdict::Flag,
+                screening::Verdict::Block => Verdict::Block,
+            }
+            .into(),
+            rules: screening
+                .matched
+                .iter()
+                .map(|found| RuleMatch {
+                    id: found.rule.id.to_owned(),
+                    description: found.rule.description.to_owned(),
+                    weight: found.weight,
+                    start: found.start as u64,
+                    end: found.end as u64,
+                })
+                .collect(),
+            rule_set_version: screening::RULE_SET_VERSION.to_owned(),
+            audit_sequence: 0,
+        };
+        Ok((entry, answer))
     }
 
     /// A rate-limited call is refused, and the refusal audited too.
@@ -291,91 +386,48 @@ impl Policy for PolicyService {
     ) -> Result<Response<AuthorizeResponse>, Status> {
         let request = request.into_inner();
         self.limit(&request.principal, &request.action).await?;
-        let decided = self
-            .authorizer
-            .load()
-            .authorize(&request.principal, &request.action, &request.resource)
-            .map_err(status_of)?;
-        let audit_sequence = self
-            .record(Entry {
-                kind: "authorize",
-                principal: request.principal.clone(),
-                action: decided.action.clone(),
-                resource: decided.resource.clone(),
-                outcome: if decided.allowed { "allow" } else { "deny" }.to_owned(),
-                detail: json!({ "policies": decided.determining_policies, "errors": decided.errors }),
-            })
-            .await?;
-        Ok(Response::new(AuthorizeResponse {
-            decision: decision(decided.allowed),
-            determining_policies: decided.determining_policies,
-            errors: decided.errors,
-            audit_sequence,
-        }))
+        let (entry, mut answer) = self.decide(&request)?;
+        answer.audit_sequence = self.record(entry).await?;
+        Ok(Response::new(answer))
     }
 
     async fn screen_input(
         &self,
         request: Request<ScreenInputRequest>,
     ) -> Result<Response<ScreenInputResponse>, Status> {
+        let (entry, mut answer) = self.screened(&request.into_inner()).await?;
+        answer.audit_sequence = self.record(entry).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn screen_prompt(
+        &self,
+        request: Request<ScreenPromptRequest>,
+    ) -> Result<Response<ScreenPromptResponse>, Status> {
         let request = request.into_inner();
-        checked_text(&request.text)?;
-        let screening = if request.text.len() <= INLINE_SCREENING_BYTES {
-            self.screener.screen(&request.text)
-        } else {
-            let (screener, text) = (self.screener.clone(), request.text.clone());
-            tokio::task::spawn_blocking(move || screener.screen(&text))
-                .await
-                .map_err(|error| {
-                    status_of(ServiceError::new(
-                        ErrorKind::Internal,
-                        format!("screening failed: {error}"),
-                    ))
-                })?
+        let (Some(authorization), Some(screening)) = (request.authorization, request.screening)
+        else {
+            return Err(Status::invalid_argument(
+                "a ScreenPrompt request needs both its authorization and its screening",
+            ));
         };
-        let rules: Vec<&str> = screening
-            .matched
-            .iter()
-            .map(|found| found.rule.id)
-            .collect();
-        let audit_sequence = self
-            .record(Entry {
-                kind: "screen",
-                principal: request.principal.clone(),
-                action: "screen".to_owned(),
-                resource: request.resource.clone(),
-                outcome: screening.verdict.as_str().to_owned(),
-                // The text itself is never kept: only a fingerprint to match it up later.
-                detail: json!({
-                    "score": screening.score,
-                    "rules": rules,
-                    "rule_set": screening::RULE_SET_VERSION,
-                    "text_sha256": hex::encode(Sha256::digest(request.text.as_bytes())),
-                    "text_bytes": request.text.len(),
-                }),
-            })
+        self.limit(&authorization.principal, &authorization.action)
             .await?;
-        Ok(Response::new(ScreenInputResponse {
-            score: screening.score,
-            verdict: match screening.verdict {
-                screening::Verdict::Allow => Verdict::Allow,
-                screening::Verdict::Flag => Verdict::Flag,
-                screening::Verdict::Block => Verdict::Block,
-            }
-            .into(),
-            rules: screening
-                .matched
-                .iter()
-                .map(|found| RuleMatch {
-                    id: found.rule.id.to_owned(),
-                    description: found.rule.description.to_owned(),
-                    weight: found.weight,
-                    start: found.start as u64,
-                    end: found.end as u64,
-                })
-                .collect(),
-            rule_set_version: screening::RULE_SET_VERSION.to_owned(),
-            audit_sequence,
+        let (decided, mut authorized) = self.decide(&authorization)?;
+        if authorized.decision() != Decision::Allow {
+            authorized.audit_sequence = self.record(decided).await?;
+            return Ok(Response::new(ScreenPromptResponse {
+                authorization: Some(authorized),
+                screening: None,
+            }));
+        }
+        let (verdict, mut screened) = self.screened(&screening).await?;
+        let first = self.record_together(vec![decided, verdict]).await?;
+        authorized.audit_sequence = first;
+        screened.audit_sequence = first + 1;
+        Ok(Response::new(ScreenPromptResponse {
+            authorization: Some(authorized),
+            screening: Some(screened),
         }))
     }
 

@@ -53,6 +53,23 @@ pub struct ScreenInputResponse {
     #[prost(uint64, tag = "5")]
     pub audit_sequence: u64,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ScreenPromptRequest {
+    /// May the principal do this, e.g. `User::"alice"`, "llm.route:default".
+    #[prost(message, optional, tag = "1")]
+    pub authorization: ::core::option::Option<AuthorizeRequest>,
+    /// The prompt; its principal and resource are for the audit log, as in ScreenInput.
+    #[prost(message, optional, tag = "2")]
+    pub screening: ::core::option::Option<ScreenInputRequest>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ScreenPromptResponse {
+    #[prost(message, optional, tag = "1")]
+    pub authorization: ::core::option::Option<AuthorizeResponse>,
+    /// Absent when the authorization was denied: a prompt that may not be sent is not screened.
+    #[prost(message, optional, tag = "2")]
+    pub screening: ::core::option::Option<ScreenInputResponse>,
+}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RuleMatch {
     #[prost(string, tag = "1")]
@@ -421,6 +438,32 @@ pub mod policy_client {
                 .insert(GrpcMethod::new("synos.policy.v1.Policy", "ScreenInput"));
             self.inner.unary(req, path, codec).await
         }
+        /// Both of the above for one prompt in one round trip, their audit records committed together
+        /// (the router's gate): authorize, and screen the text only when that is allowed.
+        pub async fn screen_prompt(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ScreenPromptRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ScreenPromptResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synos.policy.v1.Policy/ScreenPrompt",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synos.policy.v1.Policy", "ScreenPrompt"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Replace secrets and personal data in a text with typed placeholders.
         pub async fn redact_output(
             &mut self,
@@ -627,6 +670,15 @@ pub mod policy_server {
             request: tonic::Request<super::ScreenInputRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ScreenInputResponse>,
+            tonic::Status,
+        >;
+        /// Both of the above for one prompt in one round trip, their audit records committed together
+        /// (the router's gate): authorize, and screen the text only when that is allowed.
+        async fn screen_prompt(
+            &self,
+            request: tonic::Request<super::ScreenPromptRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ScreenPromptResponse>,
             tonic::Status,
         >;
         /// Replace secrets and personal data in a text with typed placeholders.
@@ -843,6 +895,51 @@ pub mod policy_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ScreenInputSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synos.policy.v1.Policy/ScreenPrompt" => {
+                    #[allow(non_camel_case_types)]
+                    struct ScreenPromptSvc<T: Policy>(pub Arc<T>);
+                    impl<
+                        T: Policy,
+                    > tonic::server::UnaryService<super::ScreenPromptRequest>
+                    for ScreenPromptSvc<T> {
+                        type Response = super::ScreenPromptResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ScreenPromptRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Policy>::screen_prompt(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ScreenPromptSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
