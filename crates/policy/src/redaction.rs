@@ -147,7 +147,7 @@ static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
         ),
         detector(
             "aws_secret_key",
-            r#"(?i:aws)[A-Za-z0-9_ .-]{0,20}(?i:secret|key)[A-Za-z0-9_ .-]{0,20}["']?\s*[:=]\s*["']?([A-Za-z0-9/+]{40})\b"#,
+            r#"(?i:aws)[A-Za-z0-9_ .-]{0,20}(?i:secret|key)[A-Za-z0-9_ .-]{0,20}["']?\s{0,16}[:=]\s{0,16}["']?([A-Za-z0-9/+]{40})\b"#,
             Check::EntropicGroup,
         ),
         detector(
@@ -524,9 +524,16 @@ fn looks_random(value: &str) -> bool {
     entropy >= 3.0 && classes >= 2
 }
 
-/// How much text a stream keeps back at most before it is final: longer than any detection
-/// except a private key block, which is held whole.
-const HOLD_BYTES: usize = 4096;
+/// How much text a stream keeps back before it is final: longer than any detection that can
+/// contain whitespace (a test holds every such pattern to it), except a private key block,
+/// which is held whole. Detections without whitespace (tokens, e-mail addresses, JWTs) can only
+/// be growing in the trailing run of non-whitespace, which is held too.
+const HOLD_BYTES: usize = 384;
+/// The longest trailing run of non-whitespace held back (a JWT is at most about 8 KB).
+const MAX_RUN_HOLD_BYTES: usize = 16 * 1024;
+/// Text is released in steps of at least this much, so that a stream of small pieces (a model's
+/// tokens) is scanned once per step, not once per piece.
+const RELEASE_STEP_BYTES: usize = 256;
 /// The longest private key block held back; beyond this the rest of the block is redacted as
 /// it arrives.
 const MAX_KEY_BLOCK_BYTES: usize = 64 * 1024;
@@ -589,19 +596,23 @@ impl StreamRedactor {
                 return output;
             }
         }
+        let length = self.buffer.len();
+        let mut cut = if finished {
+            length
+        } else {
+            self.release_point()
+        };
+        // A key block held whole is found by the scan below, which only runs once a step's
+        // worth of text could be released; holding it never needs more than that.
+        if !finished && cut < self.pending_start + RELEASE_STEP_BYTES {
+            return output;
+        }
         let spans: Vec<Span> = self
             .redactor
             .find(&self.buffer)
             .into_iter()
             .filter(|span| span.start >= self.pending_start)
             .collect();
-        let length = self.buffer.len();
-        let mut cut = if finished {
-            length
-        } else {
-            self.buffer
-                .floor_char_boundary(length.saturating_sub(HOLD_BYTES))
-        };
         let mut long_key = false;
         for span in &spans {
             if span.start < cut && span.end > cut {
@@ -642,6 +653,21 @@ impl StreamRedactor {
         self.consume(cut);
         self.in_long_key = long_key;
         output
+    }
+
+    /// Where final text ends unless a detection says otherwise: [`HOLD_BYTES`] before the end,
+    /// and not after the start of the trailing run of non-whitespace (held up to
+    /// [`MAX_RUN_HOLD_BYTES`]).
+    fn release_point(&self) -> usize {
+        let bytes = self.buffer.as_bytes();
+        let length = bytes.len();
+        let run_start = bytes
+            .iter()
+            .rposition(u8::is_ascii_whitespace)
+            .map_or(0, |whitespace| whitespace + 1)
+            .max(length.saturating_sub(MAX_RUN_HOLD_BYTES));
+        self.buffer
+            .floor_char_boundary(length.saturating_sub(HOLD_BYTES).min(run_start))
     }
 
     /// Inside an over-long key block: drop text up to the END line, extending the last span.
@@ -731,6 +757,110 @@ mod tests {
                 detector.kind
             );
         }
+    }
+
+    /// Whether `hir` can match an ASCII whitespace byte, as [`u8::is_ascii_whitespace`] (what
+    /// splits the run a stream holds) defines it.
+    fn can_match_ascii_whitespace(hir: &regex_syntax::hir::Hir) -> bool {
+        use regex_syntax::hir::{Class, HirKind};
+        let whitespace = || {
+            (0..=0x7f_u8)
+                .filter(u8::is_ascii_whitespace)
+                .collect::<Vec<_>>()
+        };
+        match hir.kind() {
+            HirKind::Empty | HirKind::Look(_) => false,
+            HirKind::Literal(literal) => literal.0.iter().any(u8::is_ascii_whitespace),
+            HirKind::Class(Class::Unicode(class)) => class.ranges().iter().any(|range| {
+                whitespace()
+                    .into_iter()
+                    .any(|byte| (range.start()..=range.end()).contains(&char::from(byte)))
+            }),
+            HirKind::Class(Class::Bytes(class)) => class.ranges().iter().any(|range| {
+                whitespace()
+                    .into_iter()
+                    .any(|byte| (range.start()..=range.end()).contains(&byte))
+            }),
+            HirKind::Repetition(repetition) => {
+                repetition.max != Some(0) && can_match_ascii_whitespace(&repetition.sub)
+            }
+            HirKind::Capture(capture) => can_match_ascii_whitespace(&capture.sub),
+            HirKind::Concat(parts) | HirKind::Alternation(parts) => {
+                parts.iter().any(can_match_ascii_whitespace)
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_holds_enough_for_every_detection_still_growing() {
+        let mut held_in_the_run = Vec::new();
+        for detector in DETECTORS.iter() {
+            let syntax = regex_syntax::parse(detector.pattern.as_str()).unwrap();
+            if !can_match_ascii_whitespace(&syntax) {
+                held_in_the_run.push(detector.kind);
+                continue;
+            }
+            if detector.kind == "private_key" {
+                // Held whole by its own rule once its header is complete; the header fits.
+                let header = r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----";
+                assert!(detector.pattern.as_str().starts_with(header));
+                let header = regex_syntax::parse(header).unwrap();
+                assert!(header.properties().maximum_len() < Some(HOLD_BYTES));
+                continue;
+            }
+            let longest = syntax.properties().maximum_len();
+            assert!(
+                longest.is_some_and(|longest| longest <= HOLD_BYTES),
+                "{} can contain whitespace and match {longest:?} bytes, more than the hold",
+                detector.kind
+            );
+        }
+        for kind in ["email", "jwt", "github_token", "connection_string"] {
+            assert!(
+                held_in_the_run.contains(&kind),
+                "{kind}: {held_in_the_run:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_tokens_and_addresses_stream_like_whole_texts() {
+        let jwt = format!(
+            "eyJ{}.eyJ{}.c2lnbmF0dXJlX3NpZ25hdHVyZQ",
+            "hbGciOiJIUzI1NiJ9".repeat(100),
+            "c3ViIjoiMTIzNDU2Nzg5MCJ9".repeat(120)
+        );
+        let email = format!("someone@{}example.org", "very-long-label.".repeat(40));
+        let text = format!(
+            "The token is {jwt} and mail goes to {email}, card 4111-1111-1111-1111. {}",
+            "Plain prose after it. ".repeat(50)
+        );
+        let whole = Redactor::default().redact(&text);
+        assert_eq!(
+            whole.1.iter().map(|span| span.kind).collect::<Vec<_>>(),
+            ["jwt", "email", "card_number"]
+        );
+        assert!(jwt.len() > 4096);
+        for step in [1, 7, 100, 1000, 5000] {
+            let cuts: Vec<usize> = (step..text.len()).step_by(step).collect();
+            assert_eq!(streamed(&text, &cuts), whole, "pieces of {step} bytes");
+        }
+    }
+
+    #[test]
+    fn a_short_streamed_reply_is_released_as_it_comes() {
+        let reply = "Paris is the capital of France, and it has been for a long time. ".repeat(30);
+        let mut stream = StreamRedactor::new(Redactor::default());
+        let mut released = 0;
+        for piece in reply.as_bytes().chunks(8) {
+            released += stream.push(std::str::from_utf8(piece).unwrap()).text.len();
+        }
+        assert!(
+            released >= reply.len() - HOLD_BYTES - RELEASE_STEP_BYTES - 16,
+            "{released} of {} bytes released before the end",
+            reply.len()
+        );
+        assert_eq!(released + stream.finish().text.len(), reply.len());
     }
 
     /// What `find` would give if every detector scanned the whole text.
