@@ -143,6 +143,11 @@ def our_corpus():
         for line in (corpus / name).read_text().splitlines():
             if line.strip() and not line.startswith("#"):
                 tuning.append(record(line, label, f"synos/{name}"))
+    # Written for the semantic stage's tuning: label, a tab, the text.
+    for line in (corpus / "semantic-tuning.tsv").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            label, text = line.split("\t", 1)
+            tuning.append(record(text, label, "synos/semantic-tuning.tsv"))
     return tuning
 
 
