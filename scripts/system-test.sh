@@ -143,6 +143,19 @@ refused_for_bob() {
     grep -q "permission denied" "$work/bob.err" && cat "$work/bob.err"
 }
 check "synosctl status as a user outside synos is refused" refused_for_bob
+hardware_under_the_unit() {
+  # Detection inside the hardened unit (PrivateUsers, ProtectProc=invisible, read-only /sys):
+  # the container is named from /run/systemd/container, the tier has its reasons, and the
+  # sampler streams.
+  inside runuser -u alice -- synosctl hw info --json >"$work/hw-info.json" &&
+    inside runuser -u alice -- synosctl hw tier >"$work/hw-tier.txt" &&
+    inside runuser -u alice -- synosctl hw top --count 2 --json >"$work/hw-top.json" &&
+    cat "$work/hw-tier.txt" && grep -q '"container": "systemd-nspawn"' "$work/hw-info.json" &&
+    grep -Eq '^(minimal|standard|full)$' "$work/hw-tier.txt" &&
+    [ "$(grep -c '"sequence"' "$work/hw-top.json")" -eq 2 ] &&
+    inside systemctl show --property=StatusText synos-hwaccel.service | grep -q "tier "
+}
+check "synosctl hw info, tier and top as alice: detected inside the unit" hardware_under_the_unit
 
 manual_pages_found() {
   local page

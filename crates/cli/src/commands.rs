@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::Cli;
-use crate::output::{bytes, emit, emit_json, enum_value, table, uptime};
+use crate::output::{emit, emit_json, enum_value, table, uptime};
 
 /// A failed command: one line for stderr and the exit status.
 #[derive(Debug)]
@@ -212,52 +212,6 @@ pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
         }
     }
     Ok(if all_serving { exit::OK } else { exit::FAILURE })
-}
-
-/// `synosctl hw info`.
-pub(crate) async fn hw_info(cli: &Cli, as_json: bool) -> CommandResult {
-    use synos_proto::hwaccel::v1::{GetSystemInfoRequest, hardware_client::HardwareClient};
-    let connection = connect(cli, "hwaccel").await?;
-    let mut hardware = HardwareClient::new(connection.channel.clone());
-    let info = hardware
-        .get_system_info(GetSystemInfoRequest {})
-        .await
-        .map_err(|status| connection.call_failed(&status))?
-        .into_inner();
-    let platform = info.platform.unwrap_or_default();
-    let cpu = info.cpu.unwrap_or_default();
-    let memory = info.memory.unwrap_or_default();
-    if as_json {
-        emit_json(&json!({
-            "platform": {
-                "hostname": platform.hostname, "os_name": platform.os_name,
-                "kernel_version": platform.kernel_version, "architecture": platform.architecture,
-            },
-            "cpu": { "model": cpu.model, "logical_cores": cpu.logical_cores, "physical_cores": cpu.physical_cores },
-            "memory": {
-                "total_bytes": memory.total_bytes, "available_bytes": memory.available_bytes,
-                "swap_total_bytes": memory.swap_total_bytes, "swap_free_bytes": memory.swap_free_bytes,
-            },
-        }));
-    } else {
-        let physical = cpu
-            .physical_cores
-            .map_or_else(String::new, |cores| format!(", {cores} physical"));
-        emit(&format!(
-            "host:    {} ({}, kernel {}, {})\ncpu:     {} ({} logical{physical})\nmemory:  {} available of {}\nswap:    {} free of {}",
-            platform.hostname,
-            platform.os_name,
-            platform.kernel_version,
-            platform.architecture,
-            cpu.model,
-            cpu.logical_cores,
-            bytes(memory.available_bytes),
-            bytes(memory.total_bytes),
-            bytes(memory.swap_free_bytes),
-            bytes(memory.swap_total_bytes),
-        ));
-    }
-    Ok(exit::OK)
 }
 
 /// `synosctl policy check`: exit 0 when allowed, 1 when denied.

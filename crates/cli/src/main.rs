@@ -2,6 +2,7 @@
 
 mod ask;
 mod commands;
+mod hardware;
 mod llm;
 mod memory;
 mod output;
@@ -256,8 +257,30 @@ enum MemoryCommand {
 
 #[derive(Debug, Subcommand)]
 enum HwCommand {
-    /// Show platform, CPU and memory
+    /// Show platform, CPU and its features, memory, disks, GPUs and NPUs, virtualisation and
+    /// cgroup limits, and what could not be read
     Info {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the resource tier (minimal, standard or full) and why
+    Tier {
+        /// Print JSON (`tier` and `reasons`)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Watch CPU, memory, load, pressure, disks and accelerators live, one sample per interval
+    Top {
+        /// Stop after N samples [default: until interrupted]
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Print each sample as one line of JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accelerator leases in force
+    Leases {
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -474,7 +497,10 @@ fn main() -> ExitCode {
                 llm::keys_revoke(&cli, id).await
             }
             Command::Memory(command) => memory_command(&cli, command).await,
-            Command::Hw(HwCommand::Info { json }) => commands::hw_info(&cli, *json).await,
+            Command::Hw(HwCommand::Info { json }) => hardware::info(&cli, *json).await,
+            Command::Hw(HwCommand::Tier { json }) => hardware::tier(&cli, *json).await,
+            Command::Hw(HwCommand::Top { count, json }) => hardware::top(&cli, *count, *json).await,
+            Command::Hw(HwCommand::Leases { json }) => hardware::leases(&cli, *json).await,
             Command::Policy(PolicyCommand::Check {
                 principal,
                 action,

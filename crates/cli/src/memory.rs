@@ -14,7 +14,7 @@ use synos_proto::memory::v1::{self as api, forget_request};
 
 use crate::Cli;
 use crate::commands::{CliError, CommandResult, Connected, connect};
-use crate::output::{bytes, emit, emit_json, enum_value, table};
+use crate::output::{bytes, emit, emit_json, enum_value, table, timestamp_text};
 
 /// Lines per Import message.
 const IMPORT_CHUNK: usize = 500;
@@ -38,14 +38,6 @@ pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
 /// A duration such as `30d`, `12h` or `1h 30m` for `--expires`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 30d, 12h, 1h 30m)"))
-}
-
-fn timestamp_text(timestamp: Option<&prost_types::Timestamp>) -> String {
-    timestamp
-        .and_then(|time| SystemTime::try_from(*time).ok())
-        .map_or_else(String::new, |time| {
-            humantime::format_rfc3339_seconds(time).to_string()
-        })
 }
 
 fn record_json(record: &api::MemoryRecord) -> Value {
@@ -468,8 +460,6 @@ pub(crate) async fn stats(cli: &Cli, as_json: bool) -> CommandResult {
 
 #[cfg(test)]
 mod tests {
-    use std::time::UNIX_EPOCH;
-
     use super::*;
 
     #[test]
@@ -481,11 +471,5 @@ mod tests {
         assert!(parse_label("=x").is_err());
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert!(parse_duration("soon").unwrap_err().contains("e.g. 30d"));
-    }
-
-    #[test]
-    fn unix_epoch_is_printed_as_rfc3339() {
-        let epoch = prost_types::Timestamp::from(UNIX_EPOCH);
-        assert_eq!(timestamp_text(Some(&epoch)), "1970-01-01T00:00:00Z");
     }
 }

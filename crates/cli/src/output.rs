@@ -83,6 +83,16 @@ pub(crate) fn bytes(count: u64) -> String {
     }
 }
 
+/// A protobuf time as RFC 3339 to the second ("1970-01-01T00:00:00Z"); empty when absent or
+/// out of range.
+pub(crate) fn timestamp_text(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .and_then(|time| std::time::SystemTime::try_from(*time).ok())
+        .map_or_else(String::new, |time| {
+            humantime::format_rfc3339_seconds(time).to_string()
+        })
+}
+
 /// A protobuf enum value's name without its type prefix: ("DAEMON_HEALTH_SERVING",
 /// "DAEMON_HEALTH_") → "SERVING".
 pub(crate) fn enum_value<'a>(name: &'a str, prefix: &str) -> &'a str {
@@ -106,6 +116,13 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(25_125_000_000), "23.4 GiB");
+    }
+
+    #[test]
+    fn unix_epoch_is_printed_as_rfc3339() {
+        let epoch = prost_types::Timestamp::from(std::time::UNIX_EPOCH);
+        assert_eq!(timestamp_text(Some(&epoch)), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp_text(None), "");
     }
 
     #[test]

@@ -155,6 +155,27 @@ impl Settings for BasicSettings {
     }
 }
 
+/// A packaged configuration file with its commented-out settings (`#key = value`) made
+/// settings, except the keys in `examples` (shown as examples, unset by default): the file's
+/// promise that it shows the built-in defaults, which each daemon's tests hold it to.
+pub fn uncommented_settings(shipped: &str, examples: &[&str]) -> String {
+    shipped
+        .lines()
+        .filter(|line| {
+            !examples.iter().any(|example| {
+                line.strip_prefix('#')
+                    .and_then(|setting| setting.strip_prefix(example))
+                    .is_some_and(|rest| rest.starts_with(" = "))
+            })
+        })
+        .map(|line| match line.strip_prefix('#') {
+            Some(setting) if setting.contains(" = ") && !setting.starts_with(' ') => setting,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Where the configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigSource {

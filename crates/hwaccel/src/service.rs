@@ -1,58 +1,52 @@
-//! `synos.hwaccel.v1.Hardware`: platform, CPU and memory as the kernel reports them.
+//! `synos.hwaccel.v1.Hardware`: answers from what was detected at start and from the sampler's
+//! latest sample, and keeps the lease book.
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{Stream, StreamExt as _};
 use synos_common::ServiceError;
 use synos_proto::hwaccel::v1::hardware_server::Hardware;
 use synos_proto::hwaccel::v1::{
-    Cpu, GetSystemInfoRequest, GetSystemInfoResponse, Memory, Platform,
+    AcquireAcceleratorRequest, GetSystemInfoRequest, GetSystemInfoResponse, GetTierRequest,
+    GetTierResponse, GetUtilizationRequest, Lease, ListLeasesRequest, ListLeasesResponse,
+    ReleaseLeaseRequest, ReleaseLeaseResponse, RenewLeaseRequest, Utilization,
+    WatchUtilizationRequest,
 };
-use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::config::LeasesConfig;
+use crate::leases::{LeaseBook, LeaseError, now_unix_ms};
+
 /// The hardware daemon's gRPC service.
-#[derive(Debug)]
-pub(crate) struct HardwareService;
-
-/// Reads the machine now (blocking: it reads `/proc`).
-pub(crate) fn system_info() -> GetSystemInfoResponse {
-    let system = System::new_with_specifics(
-        RefreshKind::nothing()
-            .with_memory(MemoryRefreshKind::everything())
-            .with_cpu(CpuRefreshKind::nothing()),
-    );
-    let unknown = || "unknown".to_owned();
-    GetSystemInfoResponse {
-        platform: Some(Platform {
-            hostname: System::host_name().unwrap_or_else(unknown),
-            os_name: System::long_os_version().unwrap_or_else(unknown),
-            kernel_version: System::kernel_version().unwrap_or_else(unknown),
-            architecture: System::cpu_arch(),
-        }),
-        cpu: Some(Cpu {
-            model: system
-                .cpus()
-                .first()
-                .map_or_else(unknown, |cpu| cpu.brand().trim().to_owned()),
-            logical_cores: u32::try_from(system.cpus().len()).unwrap_or(u32::MAX),
-            physical_cores: System::physical_core_count()
-                .and_then(|count| u32::try_from(count).ok()),
-        }),
-        memory: Some(Memory {
-            total_bytes: system.total_memory(),
-            available_bytes: system.available_memory(),
-            swap_total_bytes: system.total_swap(),
-            swap_free_bytes: system.free_swap(),
-        }),
-    }
+pub(crate) struct HardwareService {
+    pub(crate) info: Arc<GetSystemInfoResponse>,
+    pub(crate) tier: GetTierResponse,
+    pub(crate) utilization: watch::Receiver<Arc<Utilization>>,
+    pub(crate) leases: Arc<Mutex<LeaseBook>>,
+    pub(crate) lease_settings: LeasesConfig,
 }
 
-/// The one-line status summary, e.g. "serving; 2 CPUs, 23.4 GiB memory".
-pub(crate) fn summary(info: &GetSystemInfoResponse) -> String {
-    let cores = info.cpu.as_ref().map_or(0, |cpu| cpu.logical_cores);
-    let memory = info.memory.as_ref().map_or(0, |memory| memory.total_bytes);
-    #[expect(clippy::cast_precision_loss, reason = "a rounded figure for people")]
-    let gibibytes = memory as f64 / f64::from(1u32 << 30);
-    format!("serving; {cores} CPUs, {gibibytes:.1} GiB memory")
+/// Runs `change` on the lease book on a blocking thread: a change is written and synced to
+/// disk before it is answered.
+pub(crate) async fn with_leases<Answer: Send + 'static>(
+    leases: &Arc<Mutex<LeaseBook>>,
+    change: impl FnOnce(&mut LeaseBook) -> Result<Answer, LeaseError> + Send + 'static,
+) -> Result<Answer, Status> {
+    let leases = Arc::clone(leases);
+    tokio::task::spawn_blocking(move || {
+        let mut book = leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut book)
+    })
+    .await
+    .map_err(|error| Status::from(ServiceError::internal("the lease book failed", &error)))?
+    .map_err(|error| Status::from(ServiceError::from(error)))
 }
+
+type UtilizationStream = Pin<Box<dyn Stream<Item = Result<Utilization, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Hardware for HardwareService {
@@ -60,9 +54,84 @@ impl Hardware for HardwareService {
         &self,
         _request: Request<GetSystemInfoRequest>,
     ) -> Result<Response<GetSystemInfoResponse>, Status> {
-        let info = tokio::task::spawn_blocking(system_info)
-            .await
-            .map_err(|error| ServiceError::internal("reading system information", &error))?;
-        Ok(Response::new(info))
+        Ok(Response::new((*self.info).clone()))
+    }
+
+    async fn get_tier(
+        &self,
+        _request: Request<GetTierRequest>,
+    ) -> Result<Response<GetTierResponse>, Status> {
+        Ok(Response::new(self.tier.clone()))
+    }
+
+    async fn get_utilization(
+        &self,
+        _request: Request<GetUtilizationRequest>,
+    ) -> Result<Response<Utilization>, Status> {
+        Ok(Response::new((**self.utilization.borrow()).clone()))
+    }
+
+    type WatchUtilizationStream = UtilizationStream;
+
+    async fn watch_utilization(
+        &self,
+        _request: Request<WatchUtilizationRequest>,
+    ) -> Result<Response<Self::WatchUtilizationStream>, Status> {
+        // The latest sample at once, then each new one; a slow reader skips to the newest.
+        let samples = tokio_stream::wrappers::WatchStream::new(self.utilization.clone())
+            .map(|sample| Ok((*sample).clone()));
+        Ok(Response::new(Box::pin(samples)))
+    }
+
+    async fn acquire_accelerator(
+        &self,
+        request: Request<AcquireAcceleratorRequest>,
+    ) -> Result<Response<Lease>, Status> {
+        let request = request.into_inner();
+        let info = Arc::clone(&self.info);
+        let settings = self.lease_settings.clone();
+        let lease = with_leases(&self.leases, move |book| {
+            book.acquire(&request, &info.accelerators, &settings, now_unix_ms())
+        })
+        .await?;
+        tracing::info!(lease = %lease.id, accelerator = %lease.accelerator_id, holder = %lease.holder, memory_bytes = lease.memory_bytes, "lease granted");
+        Ok(Response::new(lease))
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<RenewLeaseRequest>,
+    ) -> Result<Response<Lease>, Status> {
+        let request = request.into_inner();
+        let settings = self.lease_settings.clone();
+        let lease = with_leases(&self.leases, move |book| {
+            book.renew(
+                &request.lease_id,
+                request.ttl_seconds,
+                &settings,
+                now_unix_ms(),
+            )
+        })
+        .await?;
+        Ok(Response::new(lease))
+    }
+
+    async fn release_lease(
+        &self,
+        request: Request<ReleaseLeaseRequest>,
+    ) -> Result<Response<ReleaseLeaseResponse>, Status> {
+        let id = request.into_inner().lease_id;
+        let released =
+            with_leases(&self.leases, move |book| book.release(&id, now_unix_ms())).await?;
+        tracing::info!(lease = %released.id, holder = %released.holder, "lease released");
+        Ok(Response::new(ReleaseLeaseResponse {}))
+    }
+
+    async fn list_leases(
+        &self,
+        _request: Request<ListLeasesRequest>,
+    ) -> Result<Response<ListLeasesResponse>, Status> {
+        let leases = with_leases(&self.leases, |book| Ok(book.list(now_unix_ms()))).await?;
+        Ok(Response::new(ListLeasesResponse { leases }))
     }
 }

@@ -197,20 +197,10 @@ mod tests {
     #[test]
     fn the_packaged_file_shows_the_built_in_defaults() {
         let shipped = include_str!("../../../packaging/config/memory.toml");
-        let uncommented: String = shipped
-            .lines()
-            // Examples, not defaults: these are unset unless configured.
-            .filter(|line| {
-                !["#socket", "#tcp_listen", "#model_directory"]
-                    .iter()
-                    .any(|example| line.starts_with(example))
-            })
-            .map(|line| match line.strip_prefix('#') {
-                Some(setting) if setting.contains(" = ") && !setting.starts_with(' ') => setting,
-                _ => line,
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let uncommented = synos_common::config::uncommented_settings(
+            shipped,
+            &["socket", "tcp_listen", "model_directory"],
+        );
         let config: Config = Figment::from(Toml::string(&uncommented)).extract().unwrap();
         assert_eq!(config, Config::default());
         assert!(config.problems().is_empty());

@@ -9,6 +9,7 @@ mod apis;
 mod ask;
 mod daemons;
 mod gate;
+mod hwaccel;
 mod local_model;
 mod memory;
 mod policy;
