@@ -20,6 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use synos_integration_tests::process::resident_kib;
 use synos_integration_tests::stand_in::StandIn;
 use synos_integration_tests::{Sandbox, channel, http_listener};
 use synos_proto::admin::v1::GetMetricsRequest;
@@ -32,15 +33,6 @@ fn setting(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(default)
-}
-
-fn resident_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Latencies of one phase, and how long it took.

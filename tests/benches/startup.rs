@@ -12,6 +12,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
+use synos_integration_tests::process::resident_kib;
 use synos_integration_tests::{ALL_DAEMONS, Sandbox, binary};
 
 const STARTS: usize = 25;
@@ -24,15 +25,6 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 /// Milliseconds with two decimals.
 fn milliseconds(duration: Duration) -> String {
     format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
-}
-
-fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Starts the daemon with a notify socket and returns the time until READY=1 and its idle RSS.
@@ -65,7 +57,7 @@ fn start_once(
     let rss = measure_rss.then(|| {
         // Let start-up allocations settle, as a daemon idles most of its life.
         std::thread::sleep(Duration::from_secs(2));
-        resident_kib(child.id())
+        resident_kib(child.id(), "VmRSS:")
     });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),

@@ -6,6 +6,7 @@
     reason = "test harness: a failure should panic loudly"
 )]
 
+pub mod process;
 pub mod stand_in;
 
 use std::path::{Path, PathBuf};
