@@ -230,7 +230,17 @@ impl LocalModel {
         self.loaded
             .get_or_try_init(|| async {
                 self.set_state(LoadState::Loading);
-                let threads = self.thread_count().await;
+                let advice = hardware_advice(&self.hwaccel_socket).await;
+                if let Some(reasons) = advice.minimal_tier {
+                    let problem = format!(
+                        "hwaccel puts this machine in the minimal tier ({reasons}), where no local \
+                         model runs; lowering [tiers] minimal_below_bytes in hwaccel.toml allows it"
+                    );
+                    tracing::warn!(provider = %self.provider, %problem, "local model not loaded");
+                    self.set_state(LoadState::Failed(problem.clone()));
+                    return Err(Failure::Connection(format!("local model not loaded: {problem}")));
+                }
+                let threads = self.thread_count(advice.physical_cores);
                 let file = self.file.clone();
                 let started = Instant::now();
                 let loaded = tokio::task::spawn_blocking(move || load_model(&file, threads))
@@ -263,13 +273,12 @@ impl LocalModel {
     /// Threads per generation: the configured count, or the physical cores hwaccel reports,
     /// capped by what this process may use (CPU affinity and the cgroup's `cpu.max`, which
     /// `available_parallelism` reads).
-    async fn thread_count(&self) -> u32 {
+    fn thread_count(&self, physical: Option<u32>) -> u32 {
         if self.configured_threads > 0 {
             return self.configured_threads;
         }
         let allowed = std::thread::available_parallelism()
             .map_or(1, |count| u32::try_from(count.get()).unwrap_or(u32::MAX));
-        let physical = physical_cores(&self.hwaccel_socket).await;
         physical.map_or(allowed, |cores| cores.min(allowed)).max(1)
     }
 
@@ -385,19 +394,41 @@ impl LocalModel {
     }
 }
 
-/// Asks hwaccel for the physical core count; `None` when it does not answer quickly.
-async fn physical_cores(socket: &Path) -> Option<u32> {
-    use synos_proto::hwaccel::v1::{GetSystemInfoRequest, hardware_client::HardwareClient};
+/// What hwaccel says about running a local model here.
+#[derive(Debug, Default)]
+struct HardwareAdvice {
+    /// The tier's reasons, when the machine is in the minimal tier.
+    minimal_tier: Option<String>,
+    physical_cores: Option<u32>,
+}
+
+/// Asks hwaccel for the tier and the physical cores; nothing is known (and a local model is
+/// tried) when it does not answer quickly, since the router must work without it.
+async fn hardware_advice(socket: &Path) -> HardwareAdvice {
+    use synos_proto::hwaccel::v1::{
+        GetSystemInfoRequest, GetTierRequest, Tier, hardware_client::HardwareClient,
+    };
     let timeout = Duration::from_millis(500);
-    let channel = synos_common::client::connect(socket, timeout).await.ok()?;
-    let reply = tokio::time::timeout(
-        timeout,
-        HardwareClient::new(channel).get_system_info(GetSystemInfoRequest {}),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    reply.into_inner().cpu.and_then(|cpu| cpu.physical_cores)
+    let Ok(channel) = synos_common::client::connect(socket, timeout).await else {
+        return HardwareAdvice::default();
+    };
+    let mut hardware = HardwareClient::new(channel);
+    let tier = tokio::time::timeout(timeout, hardware.get_tier(GetTierRequest {}))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(tonic::Response::into_inner);
+    let info = tokio::time::timeout(timeout, hardware.get_system_info(GetSystemInfoRequest {}))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(tonic::Response::into_inner);
+    HardwareAdvice {
+        minimal_tier: tier
+            .filter(|tier| tier.tier() == Tier::Minimal)
+            .map(|tier| tier.reasons.join("; ")),
+        physical_cores: info.and_then(|info| info.cpu.and_then(|cpu| cpu.physical_cores)),
+    }
 }
 
 fn load_model(file: &Path, threads: u32) -> Result<Loaded, String> {

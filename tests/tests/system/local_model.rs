@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use synos_integration_tests::process::cpu_seconds;
 use synos_integration_tests::stand_in::{Behaviour, StandIn};
 use synos_integration_tests::{Daemon, Sandbox, channel, require_local_model};
 use synos_proto::admin::v1::GetInfoRequest;
@@ -69,23 +70,6 @@ async fn status_line(sandbox: &Sandbox) -> String {
         .unwrap()
         .into_inner()
         .state_summary
-}
-
-/// CPU seconds the process has used (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .unwrap()
-        .unwrap() as f64;
-    ticks / per_second
 }
 
 #[tokio::test]
@@ -406,4 +390,48 @@ chain = [{{ provider = "broken" }}]
         daemon.wait_exit(Duration::from_millis(100)).await.is_none(),
         "still running"
     );
+}
+
+#[tokio::test]
+async fn on_the_minimal_tier_the_local_model_is_not_loaded_and_the_reason_is_given() {
+    require_local_model();
+    let sandbox = Sandbox::new();
+    // hwaccel describes a machine with 512 MiB of memory.
+    let machine = sandbox.path().join("machine");
+    for (path, content) in [
+        ("proc/cpuinfo", "processor\t: 0\nmodel name\t: Small CPU\n"),
+        (
+            "proc/meminfo",
+            "MemTotal: 524288 kB\nMemAvailable: 262144 kB\n",
+        ),
+    ] {
+        let path = machine.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    sandbox.write_config(
+        "hwaccel",
+        &format!(
+            "[detection]\nroot = \"{}\"\nnvml = false\n",
+            machine.display()
+        ),
+    );
+    let _hwaccel = sandbox.start("hwaccel").await;
+    let (_router, mut client) = router(&sandbox).await;
+    let refused = client.chat(ask(QUESTION)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        refused.message().contains("minimal tier")
+            && refused
+                .message()
+                .contains("effective memory 0.5 GiB is below 1.0 GiB"),
+        "{}",
+        refused.message()
+    );
+    // The status line says why, with what to change.
+    wait_for_status(
+        &sandbox,
+        "lowering [tiers] minimal_below_bytes in hwaccel.toml",
+    )
+    .await;
 }
