@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::Cli;
-use crate::output::{emit, emit_json, enum_value, table, uptime};
+use crate::output::{emit, emit_json, table, uptime};
 
 /// A failed command: one line for stderr and the exit status.
 #[derive(Debug)]
@@ -256,54 +256,4 @@ pub(crate) async fn policy_check(
         ));
     }
     Ok(if allowed { exit::OK } else { exit::FAILURE })
-}
-
-/// `synosctl doctor report`: exit 0 when everything the doctor watches is serving.
-pub(crate) async fn doctor_report(cli: &Cli, as_json: bool) -> CommandResult {
-    use synos_proto::doctor::v1::{
-        DaemonHealth, GetReportRequest, OverallState, doctor_client::DoctorClient,
-    };
-    let connection = connect(cli, "doctor").await?;
-    let mut doctor = DoctorClient::new(connection.channel.clone());
-    let report = doctor
-        .get_report(GetReportRequest {})
-        .await
-        .map_err(|status| connection.call_failed(&status))?
-        .into_inner();
-    let state = match report.state() {
-        OverallState::Ok => "ok",
-        OverallState::Degraded => "degraded",
-        OverallState::Unspecified => "unknown",
-    };
-    let health_name =
-        |health: DaemonHealth| enum_value(health.as_str_name(), "DAEMON_HEALTH_").to_owned();
-    if as_json {
-        let daemons: Vec<_> = report
-            .daemons
-            .iter()
-            .map(|daemon| {
-                json!({
-                    "daemon": daemon.name, "socket": daemon.socket,
-                    "health": health_name(daemon.health()), "detail": daemon.detail,
-                })
-            })
-            .collect();
-        emit_json(&json!({ "state": state, "daemons": daemons }));
-    } else {
-        let mut rows = Vec::new();
-        let header = ["DAEMON", "HEALTH", "DETAIL"];
-        for daemon in &report.daemons {
-            rows.push(vec![
-                daemon.name.clone(),
-                health_name(daemon.health()),
-                daemon.detail.clone(),
-            ]);
-        }
-        emit(&format!("state: {state}\n{}", table(&header, &rows)));
-    }
-    Ok(if report.state() == OverallState::Ok {
-        exit::OK
-    } else {
-        exit::FAILURE
-    })
 }

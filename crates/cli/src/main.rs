@@ -2,6 +2,7 @@
 
 mod ask;
 mod commands;
+mod doctor;
 mod hardware;
 mod llm;
 mod memory;
@@ -378,8 +379,21 @@ enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 enum DoctorCommand {
-    /// Check every daemon now and report
+    /// The overall state (ok or degraded), every watched daemon and check, and the open
+    /// incidents; exit 1 unless ok
     Report {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Incidents, newest first, open and recovered (kept across the doctor's restarts)
+    Incidents {
+        /// Only open ones
+        #[arg(long)]
+        open: bool,
+        /// At most N
+        #[arg(long, short = 'n', default_value = "20", value_name = "N")]
+        limit: u32,
         /// Print JSON
         #[arg(long)]
         json: bool,
@@ -546,8 +560,9 @@ fn main() -> ExitCode {
                 };
                 policy::audit_query(&cli, request, *json).await
             }
-            Command::Doctor(DoctorCommand::Report { json }) => {
-                commands::doctor_report(&cli, *json).await
+            Command::Doctor(DoctorCommand::Report { json }) => doctor::report(&cli, *json).await,
+            Command::Doctor(DoctorCommand::Incidents { open, limit, json }) => {
+                doctor::incidents(&cli, *open, *limit, *json).await
             }
             Command::Completions { shell } => Ok(print_completions(*shell)),
             Command::ManualPages { directory } => write_manual_pages(directory),

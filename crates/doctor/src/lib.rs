@@ -1,9 +1,12 @@
-//! The doctor: checks the health of every other SynOS daemon over its socket, keeps `STATUS=`
-//! current, and serves `synos.doctor.v1.Doctor`.
+//! The doctor: watches every other SynOS daemon's health over its socket, turns failures into
+//! incidents (kept in SQLite across restarts), keeps `STATUS=` current, and serves
+//! `synos.doctor.v1.Doctor`.
 
 mod checks;
+pub mod incidents;
 mod service;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -13,7 +16,9 @@ use synos_common::systemd::StatusLine;
 use synos_common::{DaemonConfig, DaemonError, DaemonIdentity, GrpcServer, Shutdown};
 use synos_proto::doctor::v1::doctor_server::DoctorServer;
 
-pub use checks::{Watched, check_all};
+pub use checks::Watched;
+
+use crate::incidents::{Book, Observation, Store, Thresholds};
 
 /// The doctor's fixed names.
 pub const IDENTITY: DaemonIdentity = DaemonIdentity {
@@ -40,10 +45,20 @@ pub struct Config {
 pub struct WatchConfig {
     /// Short names of the daemons to watch (e.g. "memory"); sockets follow the runtime directory.
     pub daemons: Vec<String>,
-    /// How often the background check runs.
+    /// While a daemon is up, how often its state is counted again (its health stream is held
+    /// open, so a death is seen at once regardless).
     pub interval_ms: u64,
+    /// While a daemon is down, how often the doctor tries to reach it again.
+    pub retry_ms: u64,
     /// How long one daemon may take to answer a check.
     pub check_timeout_ms: u64,
+    /// Failures in a row that open an incident.
+    pub failures_to_open: u32,
+    /// Successes in a row that recover it.
+    pub successes_to_recover: u32,
+    /// A check failing again within this many seconds of recovering reopens its incident
+    /// rather than opening another.
+    pub flap_window_s: u64,
 }
 
 impl Default for WatchConfig {
@@ -54,8 +69,12 @@ impl Default for WatchConfig {
                 .map(|(short_name, _)| (*short_name).to_owned())
                 .filter(|short_name| short_name != IDENTITY.short_name)
                 .collect(),
-            interval_ms: 5000,
+            interval_ms: 1000,
+            retry_ms: 500,
             check_timeout_ms: 1000,
+            failures_to_open: 2,
+            successes_to_recover: 2,
+            flap_window_s: 600,
         }
     }
 }
@@ -93,15 +112,38 @@ impl Settings for Config {
                 "must be between 10 and 60000",
             ));
         }
+        if !(50..=3_600_000).contains(&self.watch.retry_ms) {
+            problems.push(Problem::new(
+                "watch.retry_ms",
+                "must be between 50 and 3600000",
+            ));
+        }
+        for (key, value) in [
+            ("watch.failures_to_open", self.watch.failures_to_open),
+            (
+                "watch.successes_to_recover",
+                self.watch.successes_to_recover,
+            ),
+        ] {
+            if !(1..=1000).contains(&value) {
+                problems.push(Problem::new(key, "must be between 1 and 1000"));
+            }
+        }
+        if self.watch.flap_window_s > 7 * 86_400 {
+            problems.push(Problem::new(
+                "watch.flap_window_s",
+                "must be at most 604800 (a week)",
+            ));
+        }
         problems
     }
 }
 
-/// Watches and serves until `shutdown` is cancelled.
+/// Watches and serves until `shutdown` is cancelled. An unusable state directory or database
+/// leaves incidents in memory only, said in `STATUS=`; the watch goes on.
 pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(), DaemonError> {
-    let watched: Vec<Watched> = config
-        .settings
-        .watch
+    let settings = &config.settings.watch;
+    let watched: Vec<Watched> = settings
         .daemons
         .iter()
         .filter_map(|name| {
@@ -114,21 +156,134 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             socket: config.directories.socket_path(short_name),
         })
         .collect();
-    let timeout = Duration::from_millis(config.settings.watch.check_timeout_ms);
-    let interval = Duration::from_millis(config.settings.watch.interval_ms);
-    let status = StatusLine::new(format!("serving; watching {} daemons", watched.len()));
-    tokio::spawn(checks::keep_status_current(
-        watched.clone(),
-        timeout,
-        interval,
-        status.clone(),
-        shutdown.clone(),
+    let pacing = checks::Pacing {
+        timeout: Duration::from_millis(settings.check_timeout_ms),
+        heartbeat: Duration::from_millis(settings.interval_ms),
+        retry: Duration::from_millis(settings.retry_ms),
+    };
+
+    let store = match config.prepare_state_directory() {
+        Err(problem) => Err(problem),
+        Ok(directory) => Store::open(&incidents::database_path(&directory)).await,
+    };
+    let (store, history, storage_problem) = match store {
+        Ok(mut store) => match store.load().await {
+            Ok(history) => (Some(store), history, None),
+            Err(problem) => (None, Vec::new(), Some(problem)),
+        },
+        Err(problem) => (None, Vec::new(), Some(problem)),
+    };
+    if let Some(problem) = &storage_problem {
+        tracing::error!(%problem, "incidents are kept in memory only");
+    }
+    let (writes, changes) = tokio::sync::mpsc::unbounded_channel();
+    let book = Arc::new(Mutex::new(Book::new(
+        Thresholds {
+            failures_to_open: settings.failures_to_open,
+            successes_to_recover: settings.successes_to_recover,
+            flap_window: Duration::from_secs(settings.flap_window_s),
+        },
+        &watched.iter().map(Watched::check).collect::<Vec<_>>(),
+        history,
+        writes,
+    )));
+    let write_problem = Arc::new(Mutex::new(None));
+    let status = StatusLine::new(status_line(
+        &book,
+        storage_problem.as_deref(),
+        &write_problem,
     ));
-    let doctor = DoctorServer::new(service::DoctorService::new(watched, timeout))
-        .max_decoding_message_size(config.settings.server.max_message_bytes);
-    GrpcServer::new(status)
+
+    let (observations, observed) = tokio::sync::mpsc::channel(256);
+    let mut background = vec![tokio::spawn(incidents::write_incidents(
+        store,
+        changes,
+        Arc::clone(&write_problem),
+        shutdown.clone(),
+    ))];
+    for daemon in &watched {
+        background.push(tokio::spawn(checks::watch_daemon(
+            daemon.clone(),
+            pacing,
+            observations.clone(),
+            shutdown.clone(),
+        )));
+    }
+    drop(observations);
+    background.push(tokio::spawn(count_observations(
+        observed,
+        Arc::clone(&book),
+        status.clone(),
+        storage_problem,
+        write_problem,
+        pacing.heartbeat,
+    )));
+
+    let doctor = DoctorServer::new(service::DoctorService {
+        book,
+        watched,
+        timeout: pacing.timeout,
+    })
+    .max_decoding_message_size(config.settings.server.max_message_bytes);
+    let served = GrpcServer::new(status)
         .add_service(doctor)
-        .serve(&config, shutdown)
-        .await?;
+        .serve(&config, shutdown.clone())
+        .await;
+    shutdown.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    served?;
     Ok(())
+}
+
+/// The watch loop's consumer: every observation goes into the book, and `STATUS=` follows.
+async fn count_observations(
+    mut observed: tokio::sync::mpsc::Receiver<Observation>,
+    book: incidents::SharedBook,
+    status: StatusLine,
+    storage_problem: Option<String>,
+    write_problem: Arc<Mutex<Option<String>>>,
+    refresh: Duration,
+) {
+    let mut ticks = tokio::time::interval(refresh);
+    loop {
+        tokio::select! {
+            observation = observed.recv() => match observation {
+                Some(observation) => book
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .observe(&observation),
+                None => return,
+            },
+            _ = ticks.tick() => {}
+        }
+        status.set(status_line(
+            &book,
+            storage_problem.as_deref(),
+            &write_problem,
+        ));
+    }
+}
+
+fn status_line(
+    book: &incidents::SharedBook,
+    storage_problem: Option<&str>,
+    write_problem: &Mutex<Option<String>>,
+) -> String {
+    let summary = book
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .summary();
+    let writing = write_problem
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    match (storage_problem, writing) {
+        (Some(problem), _) => {
+            format!("{summary}; DEGRADED: {problem}; incidents kept in memory only")
+        }
+        (None, Some(problem)) => format!("{summary}; DEGRADED: {problem}"),
+        (None, None) => summary,
+    }
 }

@@ -1,23 +1,37 @@
-//! `synos.doctor.v1.Doctor`: reports from fresh checks.
+//! `synos.doctor.v1.Doctor`: answers from the incident book the watch loop keeps.
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt as _};
 use synos_proto::doctor::v1::doctor_server::Doctor;
-use synos_proto::doctor::v1::{GetReportRequest, GetReportResponse};
+use synos_proto::doctor::v1::{
+    CheckReport, DaemonReport, GetReportRequest, GetReportResponse, IncidentEvent,
+    ListIncidentsRequest, ListIncidentsResponse, OverallState, RunCheckRequest,
+    WatchIncidentsRequest,
+};
 use tonic::{Request, Response, Status};
 
-use crate::checks::{Watched, check_all};
+use crate::checks::{Watched, check_once};
+use crate::incidents::SharedBook;
+
+/// Incidents a `ListIncidents` gives when it names no limit.
+const DEFAULT_LIMIT: usize = 100;
 
 /// The doctor's gRPC service.
-#[derive(Debug)]
 pub(crate) struct DoctorService {
-    watched: Vec<Watched>,
-    timeout: Duration,
+    pub(crate) book: SharedBook,
+    pub(crate) watched: Vec<Watched>,
+    pub(crate) timeout: Duration,
 }
 
+type EventStream = Pin<Box<dyn Stream<Item = Result<IncidentEvent, Status>> + Send>>;
+
 impl DoctorService {
-    pub(crate) fn new(watched: Vec<Watched>, timeout: Duration) -> Self {
-        Self { watched, timeout }
+    fn book(&self) -> std::sync::MutexGuard<'_, crate::incidents::Book> {
+        self.book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -27,10 +41,77 @@ impl Doctor for DoctorService {
         &self,
         _request: Request<GetReportRequest>,
     ) -> Result<Response<GetReportResponse>, Status> {
-        let (state, daemons) = check_all(&self.watched, self.timeout).await;
+        let book = self.book();
+        let daemons = self
+            .watched
+            .iter()
+            .map(|daemon| {
+                let (health, detail) = book.daemon_health(&daemon.check());
+                DaemonReport {
+                    name: daemon.binary.to_owned(),
+                    socket: daemon.socket.display().to_string(),
+                    health: health.into(),
+                    detail,
+                }
+            })
+            .collect();
+        let open_incidents = book.incidents(true, usize::MAX);
         Ok(Response::new(GetReportResponse {
-            state: state.into(),
+            state: if open_incidents.is_empty() {
+                OverallState::Ok
+            } else {
+                OverallState::Degraded
+            }
+            .into(),
             daemons,
+            checks: book.check_reports(),
+            open_incidents,
         }))
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<ListIncidentsRequest>,
+    ) -> Result<Response<ListIncidentsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_LIMIT,
+            limit => usize::try_from(limit).unwrap_or(usize::MAX),
+        };
+        Ok(Response::new(ListIncidentsResponse {
+            incidents: self.book().incidents(request.open_only, limit),
+        }))
+    }
+
+    type WatchIncidentsStream = EventStream;
+
+    async fn watch_incidents(
+        &self,
+        _request: Request<WatchIncidentsRequest>,
+    ) -> Result<Response<Self::WatchIncidentsStream>, Status> {
+        let events = tokio_stream::wrappers::BroadcastStream::new(self.book().subscribe())
+            // A reader too slow to keep up misses events, never the stream: the book has them.
+            .filter_map(|event| async move { event.ok().map(Ok) });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn run_check(
+        &self,
+        request: Request<RunCheckRequest>,
+    ) -> Result<Response<CheckReport>, Status> {
+        let name = request.into_inner().check;
+        let Some(daemon) = self.watched.iter().find(|daemon| daemon.check() == name) else {
+            let known: Vec<String> = self.watched.iter().map(Watched::check).collect();
+            return Err(Status::not_found(format!(
+                "no check {name:?}; the checks are {}",
+                known.join(", ")
+            )));
+        };
+        let observation = check_once(daemon, self.timeout).await;
+        self.book().observe(&observation);
+        self.book()
+            .check(&name)
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("the check vanished"))
     }
 }

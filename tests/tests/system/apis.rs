@@ -1,6 +1,5 @@
 //! Each daemon's own first API, over its real socket, including hostile input.
 
-use nix::sys::signal::Signal;
 use synos_integration_tests::{
     Sandbox, call_raw, channel, output, project_python, repository_path,
 };
@@ -182,61 +181,6 @@ async fn policy_allows_what_built_in_policies_permit_and_denies_the_rest() {
             error.message()
         );
     }
-}
-
-#[tokio::test]
-async fn doctor_reports_every_watched_daemon_and_notices_a_death() {
-    use synos_proto::doctor::v1::doctor_client::DoctorClient;
-    use synos_proto::doctor::v1::{DaemonHealth, GetReportRequest, OverallState};
-    let sandbox = Sandbox::new();
-    let daemons = sandbox.start_all().await;
-    let mut doctor = DoctorClient::new(channel(&sandbox.socket("doctor")).await);
-    let report = doctor
-        .get_report(GetReportRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(report.state(), OverallState::Ok);
-    let names: Vec<&str> = report
-        .daemons
-        .iter()
-        .map(|daemon| daemon.name.as_str())
-        .collect();
-    assert_eq!(
-        names,
-        [
-            "synos-llm-router",
-            "synos-memory",
-            "synos-hwaccel",
-            "synos-policy"
-        ]
-    );
-    assert!(
-        report
-            .daemons
-            .iter()
-            .all(|daemon| daemon.health() == DaemonHealth::Serving)
-    );
-
-    daemons["memory"].signal(Signal::SIGKILL);
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let report = doctor
-        .get_report(GetReportRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(report.state(), OverallState::Degraded);
-    let memory_report = report
-        .daemons
-        .iter()
-        .find(|daemon| daemon.name == "synos-memory")
-        .unwrap();
-    assert_eq!(memory_report.health(), DaemonHealth::Unreachable);
-    assert!(
-        memory_report.detail.starts_with("not running"),
-        "{}",
-        memory_report.detail
-    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 mod apis;
 mod ask;
 mod daemons;
+mod doctor;
 mod gate;
 mod hwaccel;
 mod local_model;

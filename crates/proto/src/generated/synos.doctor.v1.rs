@@ -7,6 +7,10 @@ pub struct GetReportResponse {
     pub state: i32,
     #[prost(message, repeated, tag = "2")]
     pub daemons: ::prost::alloc::vec::Vec<DaemonReport>,
+    #[prost(message, repeated, tag = "3")]
+    pub checks: ::prost::alloc::vec::Vec<CheckReport>,
+    #[prost(message, repeated, tag = "4")]
+    pub open_incidents: ::prost::alloc::vec::Vec<Incident>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DaemonReport {
@@ -22,13 +26,89 @@ pub struct DaemonReport {
     #[prost(string, tag = "4")]
     pub detail: ::prost::alloc::string::String,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CheckReport {
+    /// e.g. "daemon:synos-memory".
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(enumeration = "CheckStatus", tag = "2")]
+    pub status: i32,
+    /// The latest observation, e.g. "no socket at /run/synos/memory.sock".
+    #[prost(string, tag = "3")]
+    pub detail: ::prost::alloc::string::String,
+    /// Failures in a row so far (an incident opens at the configured count).
+    #[prost(uint32, tag = "4")]
+    pub consecutive_failures: u32,
+    /// Successes in a row so far (an open incident recovers at the configured count).
+    #[prost(uint32, tag = "5")]
+    pub consecutive_successes: u32,
+    #[prost(message, optional, tag = "6")]
+    pub last_observed: ::core::option::Option<::prost_types::Timestamp>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Incident {
+    /// e.g. "0190f3c2-…" (a UUIDv7: ordered by time).
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// The check that opened it.
+    #[prost(string, tag = "2")]
+    pub check: ::prost::alloc::string::String,
+    #[prost(enumeration = "IncidentState", tag = "3")]
+    pub state: i32,
+    #[prost(enumeration = "Severity", tag = "4")]
+    pub severity: i32,
+    #[prost(message, optional, tag = "5")]
+    pub first_seen: ::core::option::Option<::prost_types::Timestamp>,
+    #[prost(message, optional, tag = "6")]
+    pub last_changed: ::core::option::Option<::prost_types::Timestamp>,
+    /// When it last recovered; absent while open.
+    #[prost(message, optional, tag = "7")]
+    pub recovered_at: ::core::option::Option<::prost_types::Timestamp>,
+    /// How many times it opened: a check that flaps within the flap window reopens the same
+    /// incident instead of opening new ones.
+    #[prost(uint32, tag = "8")]
+    pub occurrences: u32,
+    /// What was seen, oldest first, at most the last 20 lines, e.g. "2026-12-05T07:30:01Z
+    /// unreachable: no socket at /run/synos/memory.sock".
+    #[prost(string, repeated, tag = "9")]
+    pub evidence: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListIncidentsRequest {
+    /// Only open ones.
+    #[prost(bool, tag = "1")]
+    pub open_only: bool,
+    /// At most this many; 0 for 100.
+    #[prost(uint32, tag = "2")]
+    pub limit: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListIncidentsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub incidents: ::prost::alloc::vec::Vec<Incident>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WatchIncidentsRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IncidentEvent {
+    #[prost(enumeration = "IncidentEventKind", tag = "1")]
+    pub kind: i32,
+    #[prost(message, optional, tag = "2")]
+    pub incident: ::core::option::Option<Incident>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RunCheckRequest {
+    /// A check's name, as GetReport lists them, e.g. "daemon:synos-memory".
+    #[prost(string, tag = "1")]
+    pub check: ::prost::alloc::string::String,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum OverallState {
     Unspecified = 0,
-    /// Every watched daemon is serving.
+    /// No open incident.
     Ok = 1,
-    /// At least one watched daemon is not serving.
+    /// At least one open incident.
     Degraded = 2,
 }
 impl OverallState {
@@ -83,6 +163,135 @@ impl DaemonHealth {
             "DAEMON_HEALTH_SERVING" => Some(Self::Serving),
             "DAEMON_HEALTH_NOT_SERVING" => Some(Self::NotServing),
             "DAEMON_HEALTH_UNREACHABLE" => Some(Self::Unreachable),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CheckStatus {
+    Unspecified = 0,
+    /// Not observed yet.
+    Unknown = 1,
+    Ok = 2,
+    /// Failing, not yet for long enough to open an incident.
+    Failing = 3,
+    /// Failing with an open incident.
+    Critical = 4,
+}
+impl CheckStatus {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CHECK_STATUS_UNSPECIFIED",
+            Self::Unknown => "CHECK_STATUS_UNKNOWN",
+            Self::Ok => "CHECK_STATUS_OK",
+            Self::Failing => "CHECK_STATUS_FAILING",
+            Self::Critical => "CHECK_STATUS_CRITICAL",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CHECK_STATUS_UNSPECIFIED" => Some(Self::Unspecified),
+            "CHECK_STATUS_UNKNOWN" => Some(Self::Unknown),
+            "CHECK_STATUS_OK" => Some(Self::Ok),
+            "CHECK_STATUS_FAILING" => Some(Self::Failing),
+            "CHECK_STATUS_CRITICAL" => Some(Self::Critical),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum IncidentState {
+    Unspecified = 0,
+    Open = 1,
+    Recovered = 2,
+}
+impl IncidentState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "INCIDENT_STATE_UNSPECIFIED",
+            Self::Open => "INCIDENT_STATE_OPEN",
+            Self::Recovered => "INCIDENT_STATE_RECOVERED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "INCIDENT_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "INCIDENT_STATE_OPEN" => Some(Self::Open),
+            "INCIDENT_STATE_RECOVERED" => Some(Self::Recovered),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Severity {
+    Unspecified = 0,
+    Warning = 1,
+    Critical = 2,
+}
+impl Severity {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "SEVERITY_UNSPECIFIED",
+            Self::Warning => "SEVERITY_WARNING",
+            Self::Critical => "SEVERITY_CRITICAL",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SEVERITY_UNSPECIFIED" => Some(Self::Unspecified),
+            "SEVERITY_WARNING" => Some(Self::Warning),
+            "SEVERITY_CRITICAL" => Some(Self::Critical),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum IncidentEventKind {
+    Unspecified = 0,
+    Opened = 1,
+    /// Reopened by a flapping check, or new evidence.
+    Reopened = 2,
+    Recovered = 3,
+}
+impl IncidentEventKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "INCIDENT_EVENT_KIND_UNSPECIFIED",
+            Self::Opened => "INCIDENT_EVENT_KIND_OPENED",
+            Self::Reopened => "INCIDENT_EVENT_KIND_REOPENED",
+            Self::Recovered => "INCIDENT_EVENT_KIND_RECOVERED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "INCIDENT_EVENT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "INCIDENT_EVENT_KIND_OPENED" => Some(Self::Opened),
+            "INCIDENT_EVENT_KIND_REOPENED" => Some(Self::Reopened),
+            "INCIDENT_EVENT_KIND_RECOVERED" => Some(Self::Recovered),
             _ => None,
         }
     }
@@ -167,7 +376,8 @@ pub mod doctor_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// The current state of every watched daemon, checked now.
+        /// The overall state, every watched daemon and check, and the open incidents, as the watch
+        /// loop last saw them (no fresh check on the call path).
         pub async fn get_report(
             &mut self,
             request: impl tonic::IntoRequest<super::GetReportRequest>,
@@ -192,6 +402,78 @@ pub mod doctor_client {
                 .insert(GrpcMethod::new("synos.doctor.v1.Doctor", "GetReport"));
             self.inner.unary(req, path, codec).await
         }
+        /// Incidents, newest first: open and recovered, kept across restarts.
+        pub async fn list_incidents(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListIncidentsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListIncidentsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synos.doctor.v1.Doctor/ListIncidents",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synos.doctor.v1.Doctor", "ListIncidents"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Every incident opened, updated or recovered from now on.
+        pub async fn watch_incidents(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchIncidentsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::IncidentEvent>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synos.doctor.v1.Doctor/WatchIncidents",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synos.doctor.v1.Doctor", "WatchIncidents"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Runs one check now and counts its result like the watch loop's.
+        pub async fn run_check(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RunCheckRequest>,
+        ) -> std::result::Result<tonic::Response<super::CheckReport>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synos.doctor.v1.Doctor/RunCheck",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synos.doctor.v1.Doctor", "RunCheck"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -207,7 +489,8 @@ pub mod doctor_server {
     /// Generated trait containing gRPC methods that should be implemented for use with DoctorServer.
     #[async_trait]
     pub trait Doctor: std::marker::Send + std::marker::Sync + 'static {
-        /// The current state of every watched daemon, checked now.
+        /// The overall state, every watched daemon and check, and the open incidents, as the watch
+        /// loop last saw them (no fresh check on the call path).
         async fn get_report(
             &self,
             request: tonic::Request<super::GetReportRequest>,
@@ -215,6 +498,33 @@ pub mod doctor_server {
             tonic::Response<super::GetReportResponse>,
             tonic::Status,
         >;
+        /// Incidents, newest first: open and recovered, kept across restarts.
+        async fn list_incidents(
+            &self,
+            request: tonic::Request<super::ListIncidentsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListIncidentsResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WatchIncidents method.
+        type WatchIncidentsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::IncidentEvent, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Every incident opened, updated or recovered from now on.
+        async fn watch_incidents(
+            &self,
+            request: tonic::Request<super::WatchIncidentsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchIncidentsStream>,
+            tonic::Status,
+        >;
+        /// Runs one check now and counts its result like the watch loop's.
+        async fn run_check(
+            &self,
+            request: tonic::Request<super::RunCheckRequest>,
+        ) -> std::result::Result<tonic::Response<super::CheckReport>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct DoctorServer<T> {
@@ -320,6 +630,140 @@ pub mod doctor_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetReportSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synos.doctor.v1.Doctor/ListIncidents" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListIncidentsSvc<T: Doctor>(pub Arc<T>);
+                    impl<
+                        T: Doctor,
+                    > tonic::server::UnaryService<super::ListIncidentsRequest>
+                    for ListIncidentsSvc<T> {
+                        type Response = super::ListIncidentsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListIncidentsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Doctor>::list_incidents(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListIncidentsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synos.doctor.v1.Doctor/WatchIncidents" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchIncidentsSvc<T: Doctor>(pub Arc<T>);
+                    impl<
+                        T: Doctor,
+                    > tonic::server::ServerStreamingService<super::WatchIncidentsRequest>
+                    for WatchIncidentsSvc<T> {
+                        type Response = super::IncidentEvent;
+                        type ResponseStream = T::WatchIncidentsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchIncidentsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Doctor>::watch_incidents(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchIncidentsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synos.doctor.v1.Doctor/RunCheck" => {
+                    #[allow(non_camel_case_types)]
+                    struct RunCheckSvc<T: Doctor>(pub Arc<T>);
+                    impl<T: Doctor> tonic::server::UnaryService<super::RunCheckRequest>
+                    for RunCheckSvc<T> {
+                        type Response = super::CheckReport;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RunCheckRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Doctor>::run_check(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RunCheckSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

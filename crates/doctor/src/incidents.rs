@@ -1,0 +1,652 @@
+//! From observations to incidents: each check's failures and successes in a row, with
+//! hysteresis (N failures open an incident, M successes recover it, a flap within the window
+//! reopens the same one), and the incidents kept in SQLite by a writer that never holds up the
+//! watch loop: a write that fails (a full disk) is kept and tried again, never dropped.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection as _, Row as _, SqliteConnection};
+use synos_proto::doctor::v1::{
+    CheckReport, CheckStatus, DaemonHealth, Incident, IncidentEvent, IncidentEventKind,
+    IncidentState, Severity,
+};
+use tokio::sync::{broadcast, mpsc};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// `PRAGMA application_id` of a SynOS doctor database ("SYND").
+const APPLICATION_ID: i64 = 0x5359_4E44;
+/// Evidence lines kept per incident.
+const MAX_EVIDENCE: usize = 20;
+/// Incidents kept in memory (the newest); older ones stay in the database.
+const MAX_INCIDENTS_IN_MEMORY: usize = 1000;
+/// How long the writer waits before trying a failed write again.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+
+/// The database file in the state directory.
+pub fn database_path(state_directory: &Path) -> std::path::PathBuf {
+    state_directory.join("doctor.db")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    })
+}
+
+fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: unix_ms.div_euclid(1000),
+        nanos: i32::try_from(unix_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn rfc3339(unix_ms: i64) -> String {
+    let since = Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + since).to_string()
+}
+
+/// What one check saw once.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// The check's name, e.g. "daemon:synos-memory".
+    pub check: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// For daemon checks, the health seen.
+    pub health: DaemonHealth,
+    /// What was seen, e.g. "no socket at /run/synos/memory.sock"; empty when all is well.
+    pub detail: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// The hysteresis settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Failures in a row that open (or reopen) an incident.
+    pub failures_to_open: u32,
+    /// Successes in a row that recover it.
+    pub successes_to_recover: u32,
+    /// A check failing again within this time of recovering reopens its incident.
+    pub flap_window: Duration,
+}
+
+/// An incident as kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    id: String,
+    check: String,
+    open: bool,
+    first_seen_ms: i64,
+    last_changed_ms: i64,
+    recovered_at_ms: Option<i64>,
+    occurrences: u32,
+    evidence: Vec<String>,
+}
+
+impl Record {
+    fn to_proto(&self) -> Incident {
+        Incident {
+            id: self.id.clone(),
+            check: self.check.clone(),
+            state: if self.open {
+                IncidentState::Open
+            } else {
+                IncidentState::Recovered
+            }
+            .into(),
+            severity: Severity::Critical.into(),
+            first_seen: Some(timestamp(self.first_seen_ms)),
+            last_changed: Some(timestamp(self.last_changed_ms)),
+            recovered_at: self.recovered_at_ms.map(timestamp),
+            occurrences: self.occurrences,
+            evidence: self.evidence.clone(),
+        }
+    }
+
+    fn add_evidence(&mut self, at_ms: i64, line: &str) {
+        self.evidence.push(format!("{} {line}", rfc3339(at_ms)));
+        if self.evidence.len() > MAX_EVIDENCE {
+            let excess = self.evidence.len() - MAX_EVIDENCE;
+            self.evidence.drain(..excess);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct CheckState {
+    failures: u32,
+    successes: u32,
+    observed: bool,
+    health: DaemonHealth,
+    detail: String,
+    last_observed_ms: i64,
+    open_incident: Option<String>,
+}
+
+/// Every check's state and the incidents: what the watch loop updates and the API reads.
+#[derive(Debug)]
+pub struct Book {
+    thresholds: Thresholds,
+    checks: BTreeMap<String, CheckState>,
+    /// Oldest first.
+    incidents: Vec<Record>,
+    events: broadcast::Sender<IncidentEvent>,
+    writes: mpsc::UnboundedSender<Record>,
+}
+
+impl Book {
+    /// A book of `checks` (all unknown yet) over the `history` loaded from disk; changed
+    /// incidents go to `writes`.
+    pub fn new(
+        thresholds: Thresholds,
+        checks: &[String],
+        history: Vec<Record>,
+        writes: mpsc::UnboundedSender<Record>,
+    ) -> Self {
+        let mut states: BTreeMap<String, CheckState> = checks
+            .iter()
+            .map(|check| (check.clone(), CheckState::default()))
+            .collect();
+        // An incident still open when the doctor stopped stays open until its check recovers.
+        for record in history.iter().filter(|record| record.open) {
+            if let Some(state) = states.get_mut(&record.check) {
+                state.open_incident = Some(record.id.clone());
+            }
+        }
+        let (events, _) = broadcast::channel(256);
+        Self {
+            thresholds,
+            checks: states,
+            incidents: history,
+            events,
+            writes,
+        }
+    }
+
+    /// Incident events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<IncidentEvent> {
+        self.events.subscribe()
+    }
+
+    /// Whether `check` is one this book knows.
+    pub fn knows(&self, check: &str) -> bool {
+        self.checks.contains_key(check)
+    }
+
+    /// Counts `observation` and opens, reopens or recovers an incident when it tips a
+    /// threshold.
+    pub fn observe(&mut self, observation: &Observation) {
+        let at_ms = unix_ms(observation.at);
+        let thresholds = self.thresholds;
+        let Some(state) = self.checks.get_mut(&observation.check) else {
+            return;
+        };
+        let detail_changed = state.detail != observation.detail;
+        state.observed = true;
+        state.health = observation.health;
+        state.detail.clone_from(&observation.detail);
+        state.last_observed_ms = at_ms;
+        if observation.ok {
+            state.successes = state.successes.saturating_add(1);
+            state.failures = 0;
+            if state.successes >= thresholds.successes_to_recover
+                && let Some(id) = state.open_incident.take()
+                && let Some(record) = self.incidents.iter_mut().find(|record| record.id == id)
+            {
+                record.open = false;
+                record.recovered_at_ms = Some(at_ms);
+                record.last_changed_ms = at_ms;
+                record.add_evidence(
+                    at_ms,
+                    &format!("recovered after {} successful checks", state.successes),
+                );
+                tracing::info!(incident = %record.id, check = %record.check, "recovered");
+                let record = record.clone();
+                self.publish(IncidentEventKind::Recovered, &record);
+            }
+            return;
+        }
+        state.failures = state.failures.saturating_add(1);
+        state.successes = 0;
+        if let Some(id) = &state.open_incident {
+            if detail_changed
+                && let Some(record) = self.incidents.iter_mut().find(|record| &record.id == id)
+            {
+                record.add_evidence(at_ms, &observation.detail);
+                record.last_changed_ms = at_ms;
+                let record = record.clone();
+                let _ = self.writes.send(record);
+            }
+            return;
+        }
+        if state.failures < thresholds.failures_to_open {
+            return;
+        }
+        let flap_window_ms = i64::try_from(thresholds.flap_window.as_millis()).unwrap_or(i64::MAX);
+        let recent = self.incidents.iter_mut().rev().find(|record| {
+            record.check == observation.check
+                && !record.open
+                && record
+                    .recovered_at_ms
+                    .is_some_and(|recovered| at_ms - recovered <= flap_window_ms)
+        });
+        let failures = state.failures;
+        let (kind, record) = if let Some(record) = recent {
+            record.open = true;
+            record.recovered_at_ms = None;
+            record.occurrences += 1;
+            record.last_changed_ms = at_ms;
+            record.add_evidence(
+                at_ms,
+                &format!(
+                    "failing again ({failures} in a row): {}",
+                    observation.detail
+                ),
+            );
+            (IncidentEventKind::Reopened, record.clone())
+        } else {
+            let mut record = Record {
+                id: uuid::Uuid::now_v7().to_string(),
+                check: observation.check.clone(),
+                open: true,
+                first_seen_ms: at_ms,
+                last_changed_ms: at_ms,
+                recovered_at_ms: None,
+                occurrences: 1,
+                evidence: Vec::new(),
+            };
+            record.add_evidence(
+                at_ms,
+                &format!("failing ({failures} in a row): {}", observation.detail),
+            );
+            self.incidents.push(record.clone());
+            if self.incidents.len() > MAX_INCIDENTS_IN_MEMORY {
+                let excess = self.incidents.len() - MAX_INCIDENTS_IN_MEMORY;
+                self.incidents.drain(..excess);
+            }
+            (IncidentEventKind::Opened, record)
+        };
+        state.open_incident = Some(record.id.clone());
+        tracing::warn!(incident = %record.id, check = %record.check, detail = %observation.detail, occurrences = record.occurrences, "incident");
+        self.publish(kind, &record);
+    }
+
+    fn publish(&self, kind: IncidentEventKind, record: &Record) {
+        // The database copy is written later by the writer; the watch loop never waits for it.
+        let _ = self.writes.send(record.clone());
+        let _ = self.events.send(IncidentEvent {
+            kind: kind.into(),
+            incident: Some(record.to_proto()),
+        });
+    }
+
+    /// Every check, by name.
+    pub fn check_reports(&self) -> Vec<CheckReport> {
+        self.checks
+            .iter()
+            .map(|(name, state)| self.check_report(name, state))
+            .collect()
+    }
+
+    /// One check's report, or `None` for an unknown name.
+    pub fn check(&self, name: &str) -> Option<CheckReport> {
+        self.checks
+            .get(name)
+            .map(|state| self.check_report(name, state))
+    }
+
+    fn check_report(&self, name: &str, state: &CheckState) -> CheckReport {
+        let status = if !state.observed {
+            CheckStatus::Unknown
+        } else if state.open_incident.is_some() {
+            CheckStatus::Critical
+        } else if state.failures > 0 {
+            CheckStatus::Failing
+        } else {
+            CheckStatus::Ok
+        };
+        CheckReport {
+            name: name.to_owned(),
+            status: status.into(),
+            detail: state.detail.clone(),
+            consecutive_failures: state.failures,
+            consecutive_successes: state.successes,
+            last_observed: state.observed.then(|| timestamp(state.last_observed_ms)),
+        }
+    }
+
+    /// A daemon check's last health and detail.
+    pub fn daemon_health(&self, check: &str) -> (DaemonHealth, String) {
+        self.checks.get(check).map_or_else(
+            || (DaemonHealth::Unspecified, String::new()),
+            |state| (state.health, state.detail.clone()),
+        )
+    }
+
+    /// Incidents, newest first.
+    pub fn incidents(&self, open_only: bool, limit: usize) -> Vec<Incident> {
+        self.incidents
+            .iter()
+            .rev()
+            .filter(|record| record.open || !open_only)
+            .take(limit)
+            .map(Record::to_proto)
+            .collect()
+    }
+
+    /// One line for `STATUS=`.
+    pub fn summary(&self) -> String {
+        let open: Vec<&Record> = self.incidents.iter().filter(|record| record.open).collect();
+        let watching = self.checks.len();
+        match open.as_slice() {
+            [] => format!("serving; {watching} checks, no open incident"),
+            [only] => format!(
+                "serving; DEGRADED: open incident on {} since {}",
+                only.check,
+                rfc3339(only.first_seen_ms)
+            ),
+            many => format!(
+                "serving; DEGRADED: {} open incidents: {}",
+                many.len(),
+                many.iter()
+                    .map(|record| record.check.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+}
+
+/// The shared book.
+pub type SharedBook = Arc<Mutex<Book>>;
+
+/// The incident database, opened.
+pub struct Store {
+    connection: SqliteConnection,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub async fn open(path: &Path) -> Result<Self, String> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let problem = |reason: String| format!("incident database {}: {reason}", path.display());
+        let mut connection = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|error| problem(error.to_string()))?;
+        let application_id: i64 = sqlx::query_scalar("PRAGMA application_id")
+            .fetch_one(&mut connection)
+            .await
+            .map_err(|error| problem(format!("damaged: {error}")))?;
+        if application_id != 0 && application_id != APPLICATION_ID {
+            return Err(problem(format!(
+                "not a SynOS doctor database (application id {application_id:#x}); refusing to use it"
+            )));
+        }
+        MIGRATIONS.run(&mut connection).await.map_err(|error| {
+            problem(format!("its schema cannot be brought up to date: {error}"))
+        })?;
+        Ok(Self { connection })
+    }
+
+    /// The newest incidents, oldest first.
+    pub async fn load(&mut self) -> Result<Vec<Record>, String> {
+        let rows = sqlx::query(
+            "SELECT id, check_name, state, first_seen_ms, last_changed_ms, recovered_at_ms, \
+             occurrences, evidence FROM incidents ORDER BY first_seen_ms DESC, id DESC LIMIT ?",
+        )
+        .bind(i64::try_from(MAX_INCIDENTS_IN_MEMORY).unwrap_or(i64::MAX))
+        .fetch_all(&mut self.connection)
+        .await
+        .map_err(|error| format!("cannot read incidents: {error}"))?;
+        let mut records = rows
+            .iter()
+            .map(|row| -> Result<Record, sqlx::Error> {
+                let evidence: String = row.try_get("evidence")?;
+                Ok(Record {
+                    id: row.try_get("id")?,
+                    check: row.try_get("check_name")?,
+                    open: row.try_get::<String, _>("state")? == "open",
+                    first_seen_ms: row.try_get("first_seen_ms")?,
+                    last_changed_ms: row.try_get("last_changed_ms")?,
+                    recovered_at_ms: row.try_get("recovered_at_ms")?,
+                    occurrences: u32::try_from(row.try_get::<i64, _>("occurrences")?)
+                        .unwrap_or(u32::MAX),
+                    evidence: serde_json::from_str(&evidence).unwrap_or_default(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| format!("cannot read incidents: {error}"))?;
+        records.reverse();
+        Ok(records)
+    }
+
+    async fn save(&mut self, records: &[Record]) -> Result<(), sqlx::Error> {
+        let mut transaction = self.connection.begin().await?;
+        for record in records {
+            sqlx::query(
+                "INSERT INTO incidents (id, check_name, state, severity, first_seen_ms, \
+                 last_changed_ms, recovered_at_ms, occurrences, evidence) \
+                 VALUES (?, ?, ?, 'critical', ?, ?, ?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
+                 last_changed_ms = excluded.last_changed_ms, \
+                 recovered_at_ms = excluded.recovered_at_ms, \
+                 occurrences = excluded.occurrences, evidence = excluded.evidence",
+            )
+            .bind(&record.id)
+            .bind(&record.check)
+            .bind(if record.open { "open" } else { "recovered" })
+            .bind(record.first_seen_ms)
+            .bind(record.last_changed_ms)
+            .bind(record.recovered_at_ms)
+            .bind(i64::from(record.occurrences))
+            .bind(serde_json::to_string(&record.evidence).unwrap_or_else(|_| "[]".to_owned()))
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await
+    }
+}
+
+/// Writes changed incidents as they come, coalescing by id; a failed write keeps them and is
+/// tried again, with the problem in `problem` (and so in `STATUS=`) until it succeeds.
+pub async fn write_incidents(
+    mut store: Option<Store>,
+    mut changes: mpsc::UnboundedReceiver<Record>,
+    problem: Arc<Mutex<Option<String>>>,
+    shutdown: synos_common::Shutdown,
+) {
+    let mut dirty: BTreeMap<String, Record> = BTreeMap::new();
+    loop {
+        let stopping = tokio::select! {
+            change = changes.recv() => match change {
+                Some(record) => { dirty.insert(record.id.clone(), record); false }
+                None => true,
+            },
+            () = tokio::time::sleep(WRITE_RETRY), if !dirty.is_empty() => false,
+            () = shutdown.cancelled() => true,
+        };
+        while let Ok(record) = changes.try_recv() {
+            dirty.insert(record.id.clone(), record);
+        }
+        if let Some(store) = &mut store
+            && !dirty.is_empty()
+        {
+            let records: Vec<Record> = dirty.values().cloned().collect();
+            let outcome = store.save(&records).await;
+            let mut current = problem
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match outcome {
+                Ok(()) => {
+                    dirty.clear();
+                    if current.take().is_some() {
+                        tracing::info!("incidents are written again");
+                    }
+                }
+                Err(error) => {
+                    let message = format!(
+                        "{} incident change(s) not yet written: {error}",
+                        records.len()
+                    );
+                    if current.is_none() {
+                        tracing::error!(%message, "incident database");
+                    }
+                    *current = Some(message);
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book() -> (Book, mpsc::UnboundedReceiver<Record>) {
+        let (writes, written) = mpsc::unbounded_channel();
+        let book = Book::new(
+            Thresholds {
+                failures_to_open: 2,
+                successes_to_recover: 2,
+                flap_window: Duration::from_secs(600),
+            },
+            &["daemon:synos-memory".to_owned()],
+            Vec::new(),
+            writes,
+        );
+        (book, written)
+    }
+
+    fn seen(ok: bool, seconds: u64, detail: &str) -> Observation {
+        Observation {
+            check: "daemon:synos-memory".to_owned(),
+            ok,
+            health: if ok {
+                DaemonHealth::Serving
+            } else {
+                DaemonHealth::Unreachable
+            },
+            detail: detail.to_owned(),
+            at: UNIX_EPOCH + Duration::from_secs(seconds),
+        }
+    }
+
+    #[test]
+    fn hysteresis_opens_recovers_and_a_flap_reopens_the_same_incident() {
+        let (mut book, mut written) = book();
+        book.observe(&seen(false, 1, "no socket"));
+        assert!(
+            book.incidents(false, 10).is_empty(),
+            "one failure is not an incident"
+        );
+        book.observe(&seen(true, 2, ""));
+        book.observe(&seen(false, 3, "no socket"));
+        assert!(
+            book.incidents(false, 10).is_empty(),
+            "the success reset the count"
+        );
+        book.observe(&seen(false, 4, "no socket"));
+        let opened = book.incidents(true, 10);
+        assert_eq!(opened.len(), 1);
+        assert_eq!(
+            book.check("daemon:synos-memory").unwrap().status(),
+            CheckStatus::Critical
+        );
+        book.observe(&seen(true, 5, ""));
+        assert_eq!(
+            book.incidents(true, 10).len(),
+            1,
+            "one success does not recover"
+        );
+        book.observe(&seen(true, 6, ""));
+        assert!(book.incidents(true, 10).is_empty());
+        // Down again within the window: the same incident, twice now.
+        book.observe(&seen(false, 7, "refused"));
+        book.observe(&seen(false, 8, "refused"));
+        let all = book.incidents(false, 10);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id, opened[0].id);
+        assert_eq!(
+            (all[0].state(), all[0].occurrences),
+            (IncidentState::Open, 2)
+        );
+        assert!(
+            all[0]
+                .evidence
+                .iter()
+                .any(|line| line.contains("failing again"))
+        );
+        let mut writes = 0;
+        while written.try_recv().is_ok() {
+            writes += 1;
+        }
+        assert_eq!(writes, 3, "opened, recovered, reopened");
+    }
+
+    #[test]
+    fn after_the_window_a_failure_is_a_new_incident() {
+        let (mut book, _written) = book();
+        for (ok, second) in [(false, 1), (false, 2), (true, 3), (true, 4)] {
+            book.observe(&seen(ok, second, "down"));
+        }
+        book.observe(&seen(false, 1000, "down"));
+        book.observe(&seen(false, 1001, "down"));
+        assert_eq!(book.incidents(false, 10).len(), 2);
+        assert!(
+            book.summary()
+                .contains("DEGRADED: open incident on daemon:synos-memory")
+        );
+    }
+
+    #[tokio::test]
+    async fn incidents_survive_in_the_database_and_a_foreign_one_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = database_path(directory.path());
+        let mut store = Store::open(&path).await.unwrap();
+        let (mut book, mut written) = book();
+        book.observe(&seen(false, 1, "down"));
+        book.observe(&seen(false, 2, "down"));
+        let record = written.try_recv().unwrap();
+        store.save(std::slice::from_ref(&record)).await.unwrap();
+        drop(store);
+        let mut reopened = Store::open(&path).await.unwrap();
+        assert_eq!(reopened.load().await.unwrap(), [record]);
+
+        let foreign = directory.path().join("foreign.db");
+        let mut other = SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(&foreign)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        sqlx::query("PRAGMA application_id = 7")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        drop(other);
+        let refused = Store::open(&foreign).await.unwrap_err();
+        assert!(refused.contains("not a SynOS doctor database"), "{refused}");
+    }
+}

@@ -1,0 +1,228 @@
+//! The doctor against real daemons: a death is an incident within 2 s, a return recovers it,
+//! a flapping daemon stays one incident, history survives the doctor's restart, and synosctl
+//! shows it all.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use synos_integration_tests::{Sandbox, channel};
+use synos_proto::doctor::v1::doctor_client::DoctorClient;
+use synos_proto::doctor::v1::{
+    DaemonHealth, GetReportRequest, IncidentEvent, IncidentEventKind, IncidentState,
+    ListIncidentsRequest, OverallState, RunCheckRequest, WatchIncidentsRequest,
+};
+use tonic::Code;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+async fn doctor(sandbox: &Sandbox) -> DoctorClient<Channel> {
+    DoctorClient::new(channel(&sandbox.socket("doctor")).await)
+}
+
+/// Waits up to `within` for the doctor to see every watched daemon serving.
+async fn all_serving(doctor: &mut DoctorClient<Channel>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let report = doctor
+            .get_report(GetReportRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if report.state() == OverallState::Ok
+            && report
+                .daemons
+                .iter()
+                .all(|daemon| daemon.health() == DaemonHealth::Serving)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{report:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn next_event(events: &mut Streaming<IncidentEvent>, within: Duration) -> IncidentEvent {
+    tokio::time::timeout(within, events.message())
+        .await
+        .expect("an incident event in time")
+        .unwrap()
+        .expect("the stream is open")
+}
+
+#[tokio::test]
+async fn a_death_is_an_incident_within_2_s_and_a_flapping_daemon_stays_one_incident() {
+    let sandbox = Sandbox::new();
+    let mut daemons = sandbox.start_all().await;
+    let mut doctor = doctor(&sandbox).await;
+    all_serving(&mut doctor, Duration::from_secs(5)).await;
+    let report = doctor
+        .get_report(GetReportRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = report
+        .checks
+        .iter()
+        .map(|check| check.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "daemon:synos-hwaccel",
+            "daemon:synos-llm-router",
+            "daemon:synos-memory",
+            "daemon:synos-policy"
+        ]
+    );
+    let mut events = doctor
+        .watch_incidents(WatchIncidentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    let killed = Instant::now();
+    daemons["memory"].signal(Signal::SIGKILL);
+    let opened = next_event(&mut events, Duration::from_secs(2)).await;
+    let detection = killed.elapsed();
+    assert_eq!(opened.kind(), IncidentEventKind::Opened);
+    let incident = opened.incident.unwrap();
+    assert_eq!(incident.check, "daemon:synos-memory");
+    assert!(detection < Duration::from_secs(2), "{detection:?}");
+    let report = doctor
+        .get_report(GetReportRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.state(), OverallState::Degraded);
+    assert_eq!(report.open_incidents.len(), 1);
+    let memory = report
+        .daemons
+        .iter()
+        .find(|daemon| daemon.name == "synos-memory")
+        .unwrap();
+    assert_eq!(
+        memory.health(),
+        DaemonHealth::Unreachable,
+        "{}",
+        memory.detail
+    );
+    let (code, stdout, _) = sandbox.synosctl(&["doctor", "report"]).await;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.starts_with("state: degraded") && stdout.contains(&incident.id),
+        "{stdout}"
+    );
+
+    // Back: recovered. Down again at once: the same incident, a second time.
+    daemons.insert("memory", sandbox.start("memory").await);
+    let recovered = next_event(&mut events, Duration::from_secs(5)).await;
+    assert_eq!(recovered.kind(), IncidentEventKind::Recovered);
+    assert_eq!(recovered.incident.as_ref().unwrap().id, incident.id);
+    daemons["memory"].signal(Signal::SIGKILL);
+    let reopened = next_event(&mut events, Duration::from_secs(2)).await;
+    assert_eq!(reopened.kind(), IncidentEventKind::Reopened);
+    let reopened = reopened.incident.unwrap();
+    assert_eq!(
+        (reopened.id.as_str(), reopened.occurrences),
+        (incident.id.as_str(), 2)
+    );
+    let all = doctor
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    assert_eq!(all.len(), 1, "{all:?}");
+
+    let (code, stdout, _) = sandbox.synosctl(&["doctor", "incidents", "--json"]).await;
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed[0]["id"], incident.id.as_str());
+    assert_eq!(listed[0]["state"], "open");
+    assert_eq!(listed[0]["occurrences"], 2);
+}
+
+#[tokio::test]
+async fn history_survives_the_doctors_restart_and_run_check_counts() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config("doctor", "[watch]\ndaemons = [\"memory\"]\n");
+    let mut memory = sandbox.start("memory").await;
+    let mut doctor_daemon = sandbox.start("doctor").await;
+    let mut doctor_client = doctor(&sandbox).await;
+    all_serving(&mut doctor_client, Duration::from_secs(5)).await;
+    memory.signal(Signal::SIGKILL);
+    memory.wait_exit(Duration::from_secs(5)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let incident = loop {
+        let open = doctor_client
+            .list_incidents(ListIncidentsRequest {
+                open_only: true,
+                limit: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .incidents;
+        if let Some(incident) = open.into_iter().next() {
+            break incident;
+        }
+        assert!(Instant::now() < deadline, "no incident within 2 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The writer needs a moment after the event; then the doctor goes down.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    doctor_daemon.signal(Signal::SIGTERM);
+    doctor_daemon
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let _doctor_daemon = sandbox.start("doctor").await;
+    let mut doctor_client = doctor(&sandbox).await;
+    let kept = doctor_client
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        (kept[0].id.as_str(), kept[0].state()),
+        (incident.id.as_str(), IncidentState::Open)
+    );
+    // What was seen before the restart is kept; the new doctor may add what it sees since.
+    assert!(kept[0].evidence.starts_with(&incident.evidence), "{kept:?}");
+
+    // The daemon comes back: the incident from before the restart is the one that recovers.
+    let _memory = sandbox.start("memory").await;
+    let check = doctor_client
+        .run_check(RunCheckRequest {
+            check: "daemon:synos-memory".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(check.consecutive_successes >= 1, "{check:?}");
+    all_serving(&mut doctor_client, Duration::from_secs(5)).await;
+    let after = doctor_client
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].state(), IncidentState::Recovered);
+
+    let unknown = doctor_client
+        .run_check(RunCheckRequest {
+            check: "daemon:synos-nothing".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(
+        unknown.message().contains("daemon:synos-memory"),
+        "{}",
+        unknown.message()
+    );
+}
