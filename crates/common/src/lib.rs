@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod exit;
+pub mod filesystem;
 pub mod identity;
 pub mod listener;
 pub mod manual;

@@ -4,6 +4,7 @@
 
 mod checks;
 pub mod incidents;
+pub mod resources;
 mod service;
 
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ pub const IDENTITY: DaemonIdentity = DaemonIdentity {
 };
 
 /// `/etc/synos/doctor.toml`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Listening and limits.
@@ -37,10 +38,44 @@ pub struct Config {
     pub log: LogConfig,
     /// What to watch and how often.
     pub watch: WatchConfig,
+    /// The machine's resources.
+    pub resources: ResourcesConfig,
+}
+
+/// The `[resources]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourcesConfig {
+    /// File systems to watch, by a path on each; unset: the state directory's, the runtime
+    /// directory's and /var/log's.
+    pub paths: Option<Vec<std::path::PathBuf>>,
+    /// A file system this full (%) or more is critical.
+    pub disk_used_percent: f64,
+    /// Inodes this used (%) or more is critical.
+    pub inodes_used_percent: f64,
+    /// Less available memory than this (% of the total) is critical.
+    pub memory_available_percent: f64,
+    /// Memory pressure (PSI "full", 10 s average, %) at or above this is critical.
+    pub memory_pressure_percent: f64,
+    /// Where `/proc` is read from: "/" except to watch a tree mounted elsewhere.
+    pub root: std::path::PathBuf,
+}
+
+impl Default for ResourcesConfig {
+    fn default() -> Self {
+        Self {
+            paths: None,
+            disk_used_percent: 95.0,
+            inodes_used_percent: 95.0,
+            memory_available_percent: 5.0,
+            memory_pressure_percent: 20.0,
+            root: std::path::PathBuf::from("/"),
+        }
+    }
 }
 
 /// The `[watch]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WatchConfig {
     /// Short names of the daemons to watch (e.g. "memory"); sockets follow the runtime directory.
@@ -129,6 +164,40 @@ impl Settings for Config {
                 problems.push(Problem::new(key, "must be between 1 and 1000"));
             }
         }
+        let resources = &self.resources;
+        for (key, value) in [
+            ("resources.disk_used_percent", resources.disk_used_percent),
+            (
+                "resources.inodes_used_percent",
+                resources.inodes_used_percent,
+            ),
+            (
+                "resources.memory_available_percent",
+                resources.memory_available_percent,
+            ),
+            (
+                "resources.memory_pressure_percent",
+                resources.memory_pressure_percent,
+            ),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                problems.push(Problem::new(key, "must be a percentage, 0 to 100"));
+            }
+        }
+        if !resources.root.is_absolute() {
+            problems.push(Problem::new("resources.root", "must be an absolute path"));
+        }
+        if resources
+            .paths
+            .iter()
+            .flatten()
+            .any(|path| !path.is_absolute())
+        {
+            problems.push(Problem::new(
+                "resources.paths",
+                "every path must be absolute",
+            ));
+        }
         if self.watch.flap_window_s > 7 * 86_400 {
             problems.push(Problem::new(
                 "watch.flap_window_s",
@@ -162,6 +231,21 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         retry: Duration::from_millis(settings.retry_ms),
     };
 
+    let resources = resources::Resources {
+        root: config.settings.resources.root.clone(),
+        paths: config.settings.resources.paths.clone().unwrap_or_else(|| {
+            resources::default_paths(&config.directories.state, &config.directories.runtime)
+        }),
+        limits: resources::Limits {
+            disk_used_percent: config.settings.resources.disk_used_percent,
+            inodes_used_percent: config.settings.resources.inodes_used_percent,
+            memory_available_percent: config.settings.resources.memory_available_percent,
+            memory_pressure_percent: config.settings.resources.memory_pressure_percent,
+        },
+    };
+    let mut checks: Vec<String> = watched.iter().map(Watched::check).collect();
+    checks.extend(resources.check_names());
+
     let store = match config.prepare_state_directory() {
         Err(problem) => Err(problem),
         Ok(directory) => Store::open(&incidents::database_path(&directory)).await,
@@ -183,7 +267,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             successes_to_recover: settings.successes_to_recover,
             flap_window: Duration::from_secs(settings.flap_window_s),
         },
-        &watched.iter().map(Watched::check).collect::<Vec<_>>(),
+        &checks,
         history,
         writes,
     )));
@@ -209,6 +293,12 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             shutdown.clone(),
         )));
     }
+    background.push(tokio::spawn(resources::watch_resources(
+        resources,
+        pacing.heartbeat,
+        observations.clone(),
+        shutdown.clone(),
+    )));
     drop(observations);
     background.push(tokio::spawn(count_observations(
         observed,
@@ -285,5 +375,47 @@ fn status_line(
         }
         (None, Some(problem)) => format!("{summary}; DEGRADED: {problem}"),
         (None, None) => summary,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format as _, Toml};
+
+    use super::*;
+
+    /// The packaged file shows every key commented out with its built-in default.
+    #[test]
+    fn the_packaged_file_shows_the_built_in_defaults() {
+        let shipped = include_str!("../../../packaging/config/doctor.toml");
+        let uncommented =
+            synos_common::config::uncommented_settings(shipped, &["socket", "tcp_listen", "paths"]);
+        let config: Config = Figment::from(Toml::string(&uncommented))
+            .extract()
+            .unwrap_or_else(|error| panic!("{error}\n{uncommented}"));
+        assert_eq!(config, Config::default());
+        assert!(config.problems().is_empty());
+    }
+
+    #[test]
+    fn out_of_range_settings_are_named() {
+        let mut config = Config::default();
+        config.resources.disk_used_percent = 120.0;
+        config.resources.paths = Some(vec!["relative".into()]);
+        config.watch.failures_to_open = 0;
+        let keys: Vec<String> = config
+            .problems()
+            .into_iter()
+            .map(|problem| problem.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "watch.failures_to_open",
+                "resources.disk_used_percent",
+                "resources.paths"
+            ]
+        );
     }
 }

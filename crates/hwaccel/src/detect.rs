@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use synos_common::filesystem::FileSystemUsage;
 use synos_proto::hwaccel::v1::{
     Accelerator, AcceleratorKind, CgroupLimits, Cpu, Disk, EffectiveResources,
     GetSystemInfoResponse, Memory, Platform, Virtualization,
@@ -676,19 +677,6 @@ fn disks(paths: &[WatchedPath], notes: &mut Vec<String>) -> Vec<Disk> {
         .collect()
 }
 
-/// Sizes of a file system.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FileSystemUsage {
-    /// Size.
-    pub total_bytes: u64,
-    /// What an unprivileged process may still write.
-    pub available_bytes: u64,
-    /// All inodes.
-    pub total_inodes: u64,
-    /// Free inodes.
-    pub free_inodes: u64,
-}
-
 /// The file system holding `path`, or its nearest existing ancestor (a state directory not
 /// made yet lives where it will be made).
 pub fn file_system_of(path: &Path) -> Result<FileSystemUsage, String> {
@@ -696,14 +684,7 @@ pub fn file_system_of(path: &Path) -> Result<FileSystemUsage, String> {
         .ancestors()
         .find(|ancestor| ancestor.exists())
         .ok_or_else(|| "no part of it exists".to_owned())?;
-    let stats = nix::sys::statvfs::statvfs(existing).map_err(|error| error.to_string())?;
-    let fragment = stats.fragment_size();
-    Ok(FileSystemUsage {
-        total_bytes: stats.blocks().saturating_mul(fragment),
-        available_bytes: stats.blocks_available().saturating_mul(fragment),
-        total_inodes: stats.files(),
-        free_inodes: stats.files_free(),
-    })
+    synos_common::filesystem::usage(existing).map_err(|error| error.to_string())
 }
 
 /// GPUs (NVML's, then PCI display devices NVML does not cover) and `/dev/accel` devices.
@@ -744,12 +725,7 @@ fn accelerators(
         if !class.starts_with("0x03") || covered.contains(&address) {
             continue;
         }
-        let vendor_id = probe
-            .read_value(format!("{device}/vendor"))
-            .unwrap_or_default();
-        let device_id = probe
-            .read_value(format!("{device}/device"))
-            .unwrap_or_default();
+        let (vendor_id, device_id) = pci_ids(probe, &device);
         let driver = probe
             .link_name(format!("{device}/driver"))
             .unwrap_or_default();
@@ -794,12 +770,7 @@ fn accelerators(
             continue;
         }
         let device = format!("/sys/class/accel/{name}/device");
-        let vendor_id = probe
-            .read_value(format!("{device}/vendor"))
-            .unwrap_or_default();
-        let device_id = probe
-            .read_value(format!("{device}/device"))
-            .unwrap_or_default();
+        let (vendor_id, device_id) = pci_ids(probe, &device);
         let vendor = ACCELERATOR_VENDORS
             .iter()
             .find(|(id, _)| *id == vendor_id)
@@ -832,6 +803,16 @@ fn accelerators(
         *number += 1;
     }
     found
+}
+
+/// A PCI device's vendor and device ids ("0x1002", "0x73bf"); empty where unreadable.
+fn pci_ids(probe: &Probe, device: &str) -> (String, String) {
+    let id = |file: &str| {
+        probe
+            .read_value(format!("{device}/{file}"))
+            .unwrap_or_default()
+    };
+    (id("vendor"), id("device"))
 }
 
 /// NVML writes a PCI domain with eight digits ("00000000:03:00.0"), sysfs with four.

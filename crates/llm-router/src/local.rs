@@ -412,14 +412,20 @@ async fn hardware_advice(socket: &Path) -> HardwareAdvice {
     let Ok(channel) = synos_common::client::connect(socket, timeout).await else {
         return HardwareAdvice::default();
     };
-    let mut hardware = HardwareClient::new(channel);
-    let tier = tokio::time::timeout(timeout, hardware.get_tier(GetTierRequest {}))
-        .await
+    let (mut for_tier, mut for_info) = (
+        HardwareClient::new(channel.clone()),
+        HardwareClient::new(channel),
+    );
+    // Both at once: a slow hwaccel delays the first local answer by one timeout at most.
+    let (tier, info) = tokio::join!(
+        tokio::time::timeout(timeout, for_tier.get_tier(GetTierRequest {})),
+        tokio::time::timeout(timeout, for_info.get_system_info(GetSystemInfoRequest {})),
+    );
+    let tier = tier
         .ok()
         .and_then(Result::ok)
         .map(tonic::Response::into_inner);
-    let info = tokio::time::timeout(timeout, hardware.get_system_info(GetSystemInfoRequest {}))
-        .await
+    let info = info
         .ok()
         .and_then(Result::ok)
         .map(tonic::Response::into_inner);

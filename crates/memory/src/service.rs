@@ -640,20 +640,14 @@ impl MemoryApi for MemoryService {
         _request: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
         let directory = self.state_directory.clone();
-        #[allow(
-            clippy::useless_conversion,
-            reason = "fsblkcnt_t is 32 bits on some Debian architectures"
-        )]
         let mut stats = tokio::task::spawn_blocking(move || {
-            let filesystem = nix::sys::statvfs::statvfs(&directory)?;
+            let filesystem = synos_common::filesystem::usage(&directory)?;
             let writable = nix::unistd::access(&directory, nix::unistd::AccessFlags::W_OK).is_ok();
-            let block = u64::from(filesystem.fragment_size());
             Ok::<_, nix::Error>(proto::StatsResponse {
                 state_directory: directory.display().to_string(),
                 state_directory_writable: writable,
-                filesystem_total_bytes: u64::from(filesystem.blocks()).saturating_mul(block),
-                filesystem_available_bytes: u64::from(filesystem.blocks_available())
-                    .saturating_mul(block),
+                filesystem_total_bytes: filesystem.total_bytes,
+                filesystem_available_bytes: filesystem.available_bytes,
                 ..proto::StatsResponse::default()
             })
         })
