@@ -169,6 +169,7 @@ pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
     )
     .await;
     let all_serving = statuses.iter().all(|status| status.health == "SERVING");
+    let survival = crate::doctor::survival_reasons(cli).await;
     if as_json {
         let daemons: Vec<_> = statuses
             .iter()
@@ -186,7 +187,11 @@ pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
                 })
             })
             .collect();
-        emit_json(&json!({ "all_serving": all_serving, "daemons": daemons }));
+        emit_json(&json!({
+            "all_serving": all_serving,
+            "daemons": daemons,
+            "survival_reasons": survival,
+        }));
     } else {
         let mut rows = Vec::new();
         let header = ["DAEMON", "HEALTH", "VERSION", "UPTIME", "SOCKET"];
@@ -205,6 +210,9 @@ pub(crate) async fn status(cli: &Cli, as_json: bool) -> CommandResult {
             ]);
         }
         emit(&table(&header, &rows));
+        for reason in &survival {
+            emit(&format!("SURVIVAL MODE: {reason}"));
+        }
     }
     for status in &statuses {
         if let Some(error) = &status.error {

@@ -26,6 +26,7 @@ fn incident_json(incident: &Incident) -> Value {
         "recovered_at": incident.recovered_at.as_ref().map(|time| timestamp_text(Some(time))),
         "occurrences": incident.occurrences,
         "evidence": incident.evidence,
+        "actions": incident.actions,
     })
 }
 
@@ -56,6 +57,23 @@ fn incident_rows(incidents: &[Incident]) -> String {
     )
 }
 
+/// Why the doctor says the system is in survival mode; empty when it is not, or when the doctor
+/// cannot say (its own line in `synosctl status` tells that).
+pub(crate) async fn survival_reasons(cli: &Cli) -> Vec<String> {
+    let Ok(connection) = connect(cli, "doctor").await else {
+        return Vec::new();
+    };
+    let report = tokio::time::timeout(
+        cli.timeout,
+        DoctorClient::new(connection.channel.clone()).get_report(GetReportRequest {}),
+    )
+    .await;
+    match report {
+        Ok(Ok(report)) => report.into_inner().survival_reasons,
+        _ => Vec::new(),
+    }
+}
+
 /// `synosctl doctor report`: exit 0 when ok, 1 otherwise.
 pub(crate) async fn report(cli: &Cli, as_json: bool) -> CommandResult {
     let connection = connect(cli, "doctor").await?;
@@ -83,6 +101,7 @@ pub(crate) async fn report(cli: &Cli, as_json: bool) -> CommandResult {
                 "last_observed": timestamp_text(check.last_observed.as_ref()),
             })).collect::<Vec<_>>(),
             "open_incidents": report.open_incidents.iter().map(incident_json).collect::<Vec<_>>(),
+            "survival_reasons": report.survival_reasons,
         }));
     } else {
         let daemons: Vec<Vec<String>> = report
@@ -96,10 +115,11 @@ pub(crate) async fn report(cli: &Cli, as_json: bool) -> CommandResult {
                 ]
             })
             .collect();
-        let mut text = format!(
-            "state: {state}\n{}",
-            table(&["DAEMON", "HEALTH", "DETAIL"], &daemons)
-        );
+        let mut text = format!("state: {state}\n");
+        for reason in &report.survival_reasons {
+            text.push_str(&format!("survival: {reason}\n"));
+        }
+        text.push_str(&table(&["DAEMON", "HEALTH", "DETAIL"], &daemons));
         if !report.open_incidents.is_empty() {
             text.push_str("\n\nopen incidents:\n");
             text.push_str(&incident_rows(&report.open_incidents));

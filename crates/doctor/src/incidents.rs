@@ -88,6 +88,7 @@ pub struct Record {
     recovered_at_ms: Option<i64>,
     occurrences: u32,
     evidence: Vec<String>,
+    actions: Vec<String>,
 }
 
 impl Record {
@@ -107,6 +108,7 @@ impl Record {
             recovered_at: self.recovered_at_ms.map(timestamp),
             occurrences: self.occurrences,
             evidence: self.evidence.clone(),
+            actions: self.actions.clone(),
         }
     }
 
@@ -185,6 +187,10 @@ impl Book {
     pub fn observe(&mut self, observation: &Observation) {
         let at_ms = unix_ms(observation.at);
         let thresholds = self.thresholds;
+        // Provider checks come and go with the router's configuration.
+        if observation.check.starts_with(crate::providers::PREFIX) {
+            self.checks.entry(observation.check.clone()).or_default();
+        }
         let Some(state) = self.checks.get_mut(&observation.check) else {
             return;
         };
@@ -261,6 +267,7 @@ impl Book {
                 recovered_at_ms: None,
                 occurrences: 1,
                 evidence: Vec::new(),
+                actions: Vec::new(),
             };
             record.add_evidence(
                 at_ms,
@@ -285,6 +292,47 @@ impl Book {
             kind: kind.into(),
             incident: Some(record.to_proto()),
         });
+    }
+
+    /// Writes what was done about incident `id`.
+    pub fn record_action(&mut self, id: &str, line: &str) {
+        let now = unix_ms(SystemTime::now());
+        if let Some(record) = self.incidents.iter_mut().find(|record| record.id == id) {
+            record.actions.push(format!("{} {line}", rfc3339(now)));
+            if record.actions.len() > MAX_EVIDENCE {
+                let excess = record.actions.len() - MAX_EVIDENCE;
+                record.actions.drain(..excess);
+            }
+            record.last_changed_ms = now;
+            let _ = self.writes.send(record.clone());
+        }
+    }
+
+    /// Why the system is in survival mode: every remote provider down (with at least one
+    /// configured), or memory critical. Empty when it is not.
+    pub fn survival_reasons(&self) -> Vec<String> {
+        let critical = |state: &CheckState| state.open_incident.is_some();
+        let mut reasons = Vec::new();
+        let providers: Vec<&CheckState> = self
+            .checks
+            .iter()
+            .filter(|(name, _)| name.starts_with(crate::providers::PREFIX))
+            .map(|(_, state)| state)
+            .collect();
+        if !providers.is_empty() && providers.iter().all(|state| critical(state)) {
+            reasons.push(format!(
+                "every remote LLM provider is down ({}): only the local model answers",
+                providers.len()
+            ));
+        }
+        for name in ["memory", "pressure:memory"] {
+            if let Some(state) = self.checks.get(name)
+                && critical(state)
+            {
+                reasons.push(format!("{name} critical: {}", state.detail));
+            }
+        }
+        reasons
     }
 
     /// Every check, by name.
@@ -343,6 +391,16 @@ impl Book {
 
     /// One line for `STATUS=`.
     pub fn summary(&self) -> String {
+        let survival = self.survival_reasons();
+        let line = self.incident_summary();
+        if survival.is_empty() {
+            line
+        } else {
+            format!("SURVIVAL: {}; {line}", survival.join("; "))
+        }
+    }
+
+    fn incident_summary(&self) -> String {
         let open: Vec<&Record> = self.incidents.iter().filter(|record| record.open).collect();
         let watching = self.checks.len();
         match open.as_slice() {
@@ -410,7 +468,7 @@ impl Store {
     pub async fn load(&mut self) -> Result<Vec<Record>, String> {
         let rows = sqlx::query(
             "SELECT id, check_name, state, first_seen_ms, last_changed_ms, recovered_at_ms, \
-             occurrences, evidence FROM incidents ORDER BY first_seen_ms DESC, id DESC LIMIT ?",
+             occurrences, evidence, actions FROM incidents ORDER BY first_seen_ms DESC, id DESC LIMIT ?",
         )
         .bind(i64::try_from(MAX_INCIDENTS_IN_MEMORY).unwrap_or(i64::MAX))
         .fetch_all(&mut self.connection)
@@ -420,6 +478,7 @@ impl Store {
             .iter()
             .map(|row| -> Result<Record, sqlx::Error> {
                 let evidence: String = row.try_get("evidence")?;
+                let actions: String = row.try_get("actions")?;
                 Ok(Record {
                     id: row.try_get("id")?,
                     check: row.try_get("check_name")?,
@@ -430,6 +489,7 @@ impl Store {
                     occurrences: u32::try_from(row.try_get::<i64, _>("occurrences")?)
                         .unwrap_or(u32::MAX),
                     evidence: serde_json::from_str(&evidence).unwrap_or_default(),
+                    actions: serde_json::from_str(&actions).unwrap_or_default(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()
@@ -443,12 +503,13 @@ impl Store {
         for record in records {
             sqlx::query(
                 "INSERT INTO incidents (id, check_name, state, severity, first_seen_ms, \
-                 last_changed_ms, recovered_at_ms, occurrences, evidence) \
-                 VALUES (?, ?, ?, 'critical', ?, ?, ?, ?, ?) \
+                 last_changed_ms, recovered_at_ms, occurrences, evidence, actions) \
+                 VALUES (?, ?, ?, 'critical', ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
                  last_changed_ms = excluded.last_changed_ms, \
                  recovered_at_ms = excluded.recovered_at_ms, \
-                 occurrences = excluded.occurrences, evidence = excluded.evidence",
+                 occurrences = excluded.occurrences, evidence = excluded.evidence, \
+                 actions = excluded.actions",
             )
             .bind(&record.id)
             .bind(&record.check)
@@ -458,6 +519,7 @@ impl Store {
             .bind(record.recovered_at_ms)
             .bind(i64::from(record.occurrences))
             .bind(serde_json::to_string(&record.evidence).unwrap_or_else(|_| "[]".to_owned()))
+            .bind(serde_json::to_string(&record.actions).unwrap_or_else(|_| "[]".to_owned()))
             .execute(&mut *transaction)
             .await?;
         }
@@ -617,6 +679,45 @@ mod tests {
             book.summary()
                 .contains("DEGRADED: open incident on daemon:synos-memory")
         );
+    }
+
+    #[test]
+    fn survival_needs_every_remote_provider_down_or_memory_critical() {
+        let (writes, _written) = mpsc::unbounded_channel();
+        let mut book = Book::new(
+            Thresholds {
+                failures_to_open: 1,
+                successes_to_recover: 1,
+                flap_window: Duration::from_secs(600),
+            },
+            &["memory".to_owned()],
+            Vec::new(),
+            writes,
+        );
+        let see = |check: &str, ok: bool| Observation {
+            check: check.to_owned(),
+            ok,
+            health: DaemonHealth::Unspecified,
+            detail: if ok { "fine" } else { "down" }.to_owned(),
+            at: UNIX_EPOCH,
+        };
+        book.observe(&see("provider:a", false));
+        book.observe(&see("provider:b", true));
+        assert!(book.survival_reasons().is_empty(), "one of two is still up");
+        book.observe(&see("provider:b", false));
+        assert_eq!(
+            book.survival_reasons(),
+            ["every remote LLM provider is down (2): only the local model answers"]
+        );
+        book.observe(&see("provider:a", true));
+        book.observe(&see("memory", false));
+        assert_eq!(book.survival_reasons(), ["memory critical: down"]);
+        assert!(
+            book.summary()
+                .starts_with("SURVIVAL: memory critical: down; ")
+        );
+        book.observe(&see("memory", true));
+        assert!(book.survival_reasons().is_empty());
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod checks;
 pub mod incidents;
+pub mod providers;
 pub mod resources;
 mod service;
 
@@ -40,6 +41,27 @@ pub struct Config {
     pub watch: WatchConfig,
     /// The machine's resources.
     pub resources: ResourcesConfig,
+    /// What the doctor repairs on its own.
+    pub repairs: RepairsConfig,
+}
+
+/// The `[repairs]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RepairsConfig {
+    /// Cool a router provider in the router when its incident opens.
+    pub cool_failing_providers: bool,
+    /// For how long, in seconds.
+    pub cool_for_s: u64,
+}
+
+impl Default for RepairsConfig {
+    fn default() -> Self {
+        Self {
+            cool_failing_providers: true,
+            cool_for_s: 300,
+        }
+    }
 }
 
 /// The `[resources]` section.
@@ -198,6 +220,12 @@ impl Settings for Config {
                 "every path must be absolute",
             ));
         }
+        if !(1..=86_400).contains(&self.repairs.cool_for_s) {
+            problems.push(Problem::new(
+                "repairs.cool_for_s",
+                "must be between 1 and 86400",
+            ));
+        }
         if self.watch.flap_window_s > 7 * 86_400 {
             problems.push(Problem::new(
                 "watch.flap_window_s",
@@ -299,6 +327,25 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         observations.clone(),
         shutdown.clone(),
     )));
+    if settings.daemons.iter().any(|name| name == "llm-router") {
+        let router = config.directories.socket_path("llm-router");
+        background.push(tokio::spawn(providers::watch_providers(
+            router.clone(),
+            pacing.heartbeat,
+            pacing.timeout,
+            observations.clone(),
+            shutdown.clone(),
+        )));
+        if config.settings.repairs.cool_failing_providers {
+            background.push(tokio::spawn(providers::cool_failing_providers(
+                Arc::clone(&book),
+                router,
+                Duration::from_secs(config.settings.repairs.cool_for_s),
+                pacing.timeout,
+                shutdown.clone(),
+            )));
+        }
+    }
     drop(observations);
     background.push(tokio::spawn(count_observations(
         observed,
@@ -337,6 +384,7 @@ async fn count_observations(
     refresh: Duration,
 ) {
     let mut ticks = tokio::time::interval(refresh);
+    let mut in_survival = false;
     loop {
         tokio::select! {
             observation = observed.recv() => match observation {
@@ -347,6 +395,18 @@ async fn count_observations(
                 None => return,
             },
             _ = ticks.tick() => {}
+        }
+        let survival = book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .survival_reasons();
+        if survival.is_empty() == in_survival {
+            in_survival = !survival.is_empty();
+            if in_survival {
+                tracing::warn!(reasons = %survival.join("; "), "entering survival mode");
+            } else {
+                tracing::info!("leaving survival mode: the essentials are back");
+            }
         }
         status.set(status_line(
             &book,

@@ -56,13 +56,17 @@ impl Doctor for DoctorService {
             })
             .collect();
         let open_incidents = book.incidents(true, usize::MAX);
+        let survival_reasons = book.survival_reasons();
         Ok(Response::new(GetReportResponse {
-            state: if open_incidents.is_empty() {
+            state: if !survival_reasons.is_empty() {
+                OverallState::Survival
+            } else if open_incidents.is_empty() {
                 OverallState::Ok
             } else {
                 OverallState::Degraded
             }
             .into(),
+            survival_reasons,
             daemons,
             checks: book.check_reports(),
             open_incidents,

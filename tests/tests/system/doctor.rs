@@ -300,3 +300,105 @@ async fn a_full_disk_is_an_incident_that_recovers_when_space_returns() {
     assert_eq!(recovered.kind(), IncidentEventKind::Recovered);
     assert_eq!(recovered.incident.unwrap().id, incident.id);
 }
+
+#[tokio::test]
+async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
+    use synos_integration_tests::stand_in::{Behaviour, StandIn};
+    use synos_proto::llm::v1::router_client::RouterClient;
+    use synos_proto::llm::v1::{ChatMessage, ChatRequest, ListProvidersRequest, ProviderState};
+    let remote = StandIn::start("remote").await;
+    remote.script([], Behaviour::Status(503, None));
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "llm-router",
+        &(remote.provider_block("remote", "")
+            + "\n[[route]]\nname = \"default\"\nretries = 0\nlast_resort = \"\"\n\
+               chain = [{ provider = \"remote\", model = \"m\" }]\n"),
+    );
+    sandbox.write_config(
+        "doctor",
+        "[watch]\ndaemons = [\"llm-router\"]\ninterval_ms = 200\n",
+    );
+    let _router = sandbox.start("llm-router").await;
+    let _doctor = sandbox.start("doctor").await;
+    let mut doctor = doctor(&sandbox).await;
+    all_serving(&mut doctor, Duration::from_secs(5)).await;
+    let mut events = doctor
+        .watch_incidents(WatchIncidentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut router = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    let refused = router
+        .chat(ChatRequest {
+            messages: vec![ChatMessage {
+                role: "user".to_owned(),
+                content: "Hello?".to_owned(),
+            }],
+            ..ChatRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+
+    let opened = next_event(&mut events, Duration::from_secs(3)).await;
+    assert_eq!(opened.kind(), IncidentEventKind::Opened);
+    let incident = opened.incident.unwrap();
+    assert_eq!(incident.check, "provider:remote");
+    // The doctor's repair: cooled for its 300 s, not the router's own 5 s.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let acted = loop {
+        let listed = doctor
+            .list_incidents(ListIncidentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .incidents;
+        if let Some(found) = listed.into_iter().find(|found| !found.actions.is_empty()) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no action recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        acted.actions[0].ends_with("told the router to cool remote for 300 s"),
+        "{:?}",
+        acted.actions
+    );
+    let remote_state = router
+        .list_providers(ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .providers
+        .into_iter()
+        .find(|provider| provider.name == "remote")
+        .unwrap();
+    assert_eq!(remote_state.state(), ProviderState::CoolingDown);
+    let remaining = remote_state.cooldown_remaining.unwrap().seconds;
+    assert!(remaining > 200, "cooled for {remaining} s only");
+
+    let report = doctor
+        .get_report(GetReportRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.state(), OverallState::Survival);
+    assert_eq!(
+        report.survival_reasons,
+        ["every remote LLM provider is down (1): only the local model answers"]
+    );
+    let (code, stdout, _) = sandbox.synosctl(&["doctor", "report"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        stdout.starts_with("state: survival\nsurvival: every remote LLM provider is down"),
+        "{stdout}"
+    );
+    // synosctl status says it too (and fails: three daemons are not running here).
+    let (code, stdout, _) = sandbox.synosctl(&["status"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("SURVIVAL MODE: every remote LLM provider is down (1)"),
+        "{stdout}"
+    );
+}

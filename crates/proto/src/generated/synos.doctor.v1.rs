@@ -11,6 +11,9 @@ pub struct GetReportResponse {
     pub checks: ::prost::alloc::vec::Vec<CheckReport>,
     #[prost(message, repeated, tag = "4")]
     pub open_incidents: ::prost::alloc::vec::Vec<Incident>,
+    /// Why the system is in survival mode; empty when it is not.
+    #[prost(string, repeated, tag = "5")]
+    pub survival_reasons: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DaemonReport {
@@ -72,6 +75,10 @@ pub struct Incident {
     /// unreachable: no socket at /run/synos/memory.sock".
     #[prost(string, repeated, tag = "9")]
     pub evidence: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// What the doctor did about it, oldest first, e.g. "2026-12-05T07:30:02Z told the router to
+    /// cool openai for 300 s".
+    #[prost(string, repeated, tag = "10")]
+    pub actions: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ListIncidentsRequest {
@@ -110,6 +117,9 @@ pub enum OverallState {
     Ok = 1,
     /// At least one open incident.
     Degraded = 2,
+    /// Serving what it can with the essentials gone: every remote LLM provider down, or memory
+    /// critical. Left on its own when they recover.
+    Survival = 3,
 }
 impl OverallState {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -121,6 +131,7 @@ impl OverallState {
             Self::Unspecified => "OVERALL_STATE_UNSPECIFIED",
             Self::Ok => "OVERALL_STATE_OK",
             Self::Degraded => "OVERALL_STATE_DEGRADED",
+            Self::Survival => "OVERALL_STATE_SURVIVAL",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -129,6 +140,7 @@ impl OverallState {
             "OVERALL_STATE_UNSPECIFIED" => Some(Self::Unspecified),
             "OVERALL_STATE_OK" => Some(Self::Ok),
             "OVERALL_STATE_DEGRADED" => Some(Self::Degraded),
+            "OVERALL_STATE_SURVIVAL" => Some(Self::Survival),
             _ => None,
         }
     }
