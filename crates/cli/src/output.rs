@@ -66,22 +66,7 @@ pub(crate) fn uptime(duration: Duration) -> String {
     }
 }
 
-/// Binary units with one decimal, e.g. "23.4 GiB".
-pub(crate) fn bytes(count: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    #[expect(clippy::cast_precision_loss, reason = "a rounded figure for people")]
-    let mut value = count as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{count} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub(crate) use synos_common::units::bytes;
 
 /// A protobuf time as RFC 3339 to the second ("1970-01-01T00:00:00Z"); empty when absent or
 /// out of range.
@@ -109,13 +94,6 @@ mod tests {
         assert_eq!(uptime(Duration::from_secs(192)), "3m 12s");
         assert_eq!(uptime(Duration::from_secs(5 * 3600 + 120)), "5h 2m");
         assert_eq!(uptime(Duration::from_secs(2 * 86400 + 4 * 3600)), "2d 4h");
-    }
-
-    #[test]
-    fn bytes_use_binary_units() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(25_125_000_000), "23.4 GiB");
     }
 
     #[test]

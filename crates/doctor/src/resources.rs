@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use synos_common::filesystem::FileSystemUsage;
+use synos_common::units::bytes;
 use synos_proto::doctor::v1::DaemonHealth;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -33,19 +34,6 @@ pub struct Resources {
     pub paths: Vec<PathBuf>,
     /// When each fails.
     pub limits: Limits,
-}
-
-/// "512 KiB", "3.2 GiB".
-fn bytes(count: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    #[expect(clippy::cast_precision_loss, reason = "a rounded figure for people")]
-    let mut value = count as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 #[expect(clippy::cast_precision_loss, reason = "percentages")]
