@@ -18,6 +18,7 @@ pub mod manual;
 pub mod server;
 pub mod systemd;
 pub mod telemetry;
+pub mod time;
 pub mod units;
 
 pub use config::DaemonConfig;

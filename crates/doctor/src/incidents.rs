@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection as _, Row as _, SqliteConnection};
+use synos_common::time::{rfc3339_seconds, timestamp, unix_ms};
 use synos_proto::doctor::v1::{
     CheckReport, CheckStatus, DaemonHealth, Incident, IncidentEvent, IncidentEventKind,
     IncidentState, Severity,
@@ -30,25 +31,6 @@ const WRITE_RETRY: Duration = Duration::from_secs(1);
 /// The database file in the state directory.
 pub fn database_path(state_directory: &Path) -> std::path::PathBuf {
     state_directory.join("doctor.db")
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-    })
-}
-
-fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: unix_ms.div_euclid(1000),
-        nanos: i32::try_from(unix_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
-fn rfc3339(unix_ms: i64) -> String {
-    let since = Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + since).to_string()
 }
 
 /// What one check saw once.
@@ -113,7 +95,8 @@ impl Record {
     }
 
     fn add_evidence(&mut self, at_ms: i64, line: &str) {
-        self.evidence.push(format!("{} {line}", rfc3339(at_ms)));
+        self.evidence
+            .push(format!("{} {line}", rfc3339_seconds(at_ms)));
         if self.evidence.len() > MAX_EVIDENCE {
             let excess = self.evidence.len() - MAX_EVIDENCE;
             self.evidence.drain(..excess);
@@ -298,7 +281,9 @@ impl Book {
     pub fn record_action(&mut self, id: &str, line: &str) {
         let now = unix_ms(SystemTime::now());
         if let Some(record) = self.incidents.iter_mut().find(|record| record.id == id) {
-            record.actions.push(format!("{} {line}", rfc3339(now)));
+            record
+                .actions
+                .push(format!("{} {line}", rfc3339_seconds(now)));
             if record.actions.len() > MAX_EVIDENCE {
                 let excess = record.actions.len() - MAX_EVIDENCE;
                 record.actions.drain(..excess);
@@ -408,7 +393,7 @@ impl Book {
             [only] => format!(
                 "serving; DEGRADED: open incident on {} since {}",
                 only.check,
-                rfc3339(only.first_seen_ms)
+                rfc3339_seconds(only.first_seen_ms)
             ),
             many => format!(
                 "serving; DEGRADED: {} open incidents: {}",
@@ -583,6 +568,8 @@ pub async fn write_incidents(
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     fn book() -> (Book, mpsc::UnboundedReceiver<Record>) {

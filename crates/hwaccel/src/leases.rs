@@ -3,9 +3,9 @@
 //! outlives a daemon restart; a lease is granted only once it is on disk.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use synos_common::time::{now_unix_ms, rfc3339_seconds, timestamp};
 use synos_proto::hwaccel::v1::{Accelerator, AcceleratorKind, AcquireAcceleratorRequest, Lease};
 
 use crate::config::LeasesConfig;
@@ -77,23 +77,6 @@ impl Stored {
 struct LeaseFile {
     version: u32,
     leases: Vec<Stored>,
-}
-
-/// The protobuf time of a Unix millisecond count.
-pub fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: unix_ms.div_euclid(1000),
-        nanos: i32::try_from(unix_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 /// The leases in force and where they are kept.
@@ -247,7 +230,7 @@ impl LeaseBook {
             return Err(format!(
                 "held whole by {} until {}",
                 whole.holder,
-                humantime_ms(whole.expires_unix_ms)
+                rfc3339_seconds(whole.expires_unix_ms)
             ));
         }
         if memory == 0 {
@@ -400,12 +383,6 @@ fn kind_name(kind: AcceleratorKind) -> &'static str {
         AcceleratorKind::Npu => "NPU",
         AcceleratorKind::Unspecified => "accelerator",
     }
-}
-
-/// RFC 3339 time of a Unix millisecond count.
-pub fn humantime_ms(unix_ms: i64) -> String {
-    let since = std::time::Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + since).to_string()
 }
 
 /// Renames an unreadable lease file aside and says so.

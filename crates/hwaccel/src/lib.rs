@@ -20,7 +20,9 @@ use synos_proto::hwaccel::v1::hardware_server::HardwareServer;
 pub use config::Config;
 
 use crate::detect::{Probe, WatchedPath};
-use crate::leases::{LEASES_FILE, LeaseBook, now_unix_ms};
+use synos_common::time::now_unix_ms;
+
+use crate::leases::{LEASES_FILE, LeaseBook};
 
 /// The hardware daemon's fixed names.
 pub const IDENTITY: DaemonIdentity = DaemonIdentity {

@@ -144,7 +144,9 @@ impl Sampler {
         let pressure_of =
             |kind: &str| pressure(&self.probe.read(format!("/proc/pressure/{kind}"))?);
         Utilization {
-            sampled_at: Some(crate::leases::timestamp(crate::leases::now_unix_ms())),
+            sampled_at: Some(synos_common::time::timestamp(
+                synos_common::time::now_unix_ms(),
+            )),
             sequence: self.sequence,
             cpu_percent,
             memory_used_bytes: memory_used,

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::config::LeasesConfig;
-use crate::leases::{LeaseBook, LeaseError, now_unix_ms};
+use synos_common::time::now_unix_ms;
+
+use crate::leases::{LeaseBook, LeaseError};
 
 /// The hardware daemon's gRPC service.
 pub(crate) struct HardwareService {

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
+use synos_common::time::now_unix_ms;
 use synos_embedding::Embedder;
 use synos_memory::RecallConfig;
 use synos_memory::ranking::{self, Query};
-use synos_memory::record::{Kind, Memory, Metadata, NewMemory, Scope, now_ms};
+use synos_memory::record::{Kind, Memory, Metadata, NewMemory, Scope};
 use synos_memory::store::{Embedded, Exported, Filter, Store};
 
 const DIMENSIONS: usize = 384;
@@ -59,7 +60,7 @@ fn milliseconds(duration: Duration) -> String {
 
 /// `count` memories spread round-robin over `scopes` scopes (`user:u0`, …).
 async fn fill(store: &Store, count: usize, scopes: usize, random: &mut StdRng) -> Vec<String> {
-    let now = now_ms();
+    let now = now_unix_ms();
     let mut ids = Vec::with_capacity(count);
     for start in (0..count).step_by(1000) {
         let batch: Vec<Exported> = (start..(start + 1000).min(count))
@@ -142,7 +143,7 @@ async fn recall_latency(size: usize, scopes: usize, named: usize) {
                 limit: 10,
             };
             let started = Instant::now();
-            let results = ranking::recall(&store, query, now_ms(), &config)
+            let results = ranking::recall(&store, query, now_unix_ms(), &config)
                 .await
                 .unwrap();
             samples.push(started.elapsed());

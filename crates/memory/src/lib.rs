@@ -143,7 +143,10 @@ async fn write_access_times(
         if !waiting.is_empty() {
             waiting.sort_unstable();
             waiting.dedup();
-            if let Err(error) = store.touch(&waiting, record::now_ms()).await {
+            if let Err(error) = store
+                .touch(&waiting, synos_common::time::now_unix_ms())
+                .await
+            {
                 tracing::warn!(%error, "could not record when memories were last recalled");
             }
             waiting.clear();
@@ -162,7 +165,7 @@ async fn purge_expired(store: Arc<Store>, period: Duration, shutdown: Shutdown) 
             _ = interval.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        match store.purge_expired(record::now_ms()).await {
+        match store.purge_expired(synos_common::time::now_unix_ms()).await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "expired memories deleted"),
             Err(error) => tracing::warn!(%error, "could not delete expired memories"),

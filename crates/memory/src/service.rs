@@ -11,6 +11,7 @@ use futures_util::Stream;
 use prost_types::Timestamp;
 use synos_common::ServiceError;
 use synos_common::error::ErrorKind;
+use synos_common::time::{now_unix_ms, timestamp};
 use synos_proto::memory::v1 as proto;
 use synos_proto::memory::v1::memory_server::Memory as MemoryApi;
 use tokio_stream::StreamExt as _;
@@ -20,9 +21,7 @@ use crate::config::Config;
 use crate::export;
 use crate::metrics::Metrics;
 use crate::ranking;
-use crate::record::{
-    self, Kind, Limits, Memory, MemoryVersion, Metadata, NewMemory, Scope, now_ms,
-};
+use crate::record::{self, Kind, Limits, Memory, MemoryVersion, Metadata, NewMemory, Scope};
 use crate::store::{self, Changes, Embedded, Filter, Outcome, Store, StoreError};
 use synos_embedding::Model;
 
@@ -61,17 +60,6 @@ pub(crate) struct MemoryService {
     pub(crate) recalled: tokio::sync::mpsc::UnboundedSender<Vec<i64>>,
     /// Woken when memories were stored without a vector.
     pub(crate) embedding_wanted: Arc<tokio::sync::Notify>,
-}
-
-fn timestamp(ms: i64) -> Timestamp {
-    Timestamp {
-        seconds: ms.div_euclid(1000),
-        #[allow(
-            clippy::cast_possible_truncation,
-            reason = "below 10^9 by construction"
-        )]
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }
 
 fn milliseconds(field: &str, value: &Timestamp) -> Result<i64, Status> {
@@ -206,7 +194,7 @@ impl MemoryService {
             .as_ref()
             .map(|time| milliseconds(&format!("memories[{index}].expires"), time))
             .transpose()?;
-        if expires_ms.is_some_and(|expires| expires <= now_ms()) {
+        if expires_ms.is_some_and(|expires| expires <= now_unix_ms()) {
             return Err(at("expires: is in the past".to_owned()));
         }
         Ok(NewMemory {
@@ -289,7 +277,7 @@ impl MemoryService {
             filter: &filter,
             limit,
         };
-        let ranked = ranking::recall(store, query, now_ms(), &self.config.recall)
+        let ranked = ranking::recall(store, query, now_unix_ms(), &self.config.recall)
             .await
             .map_err(ServiceError::from)?;
         // A lost update of last-access times only weakens recency: never worth failing a recall.
@@ -433,7 +421,7 @@ impl MemoryApi for MemoryService {
         let expires_ms = match (&request.expires, request.clear_expires) {
             (Some(time), _) => {
                 let expires = milliseconds("expires", time)?;
-                if expires <= now_ms() {
+                if expires <= now_unix_ms() {
                     return Err(invalid("expires: is in the past"));
                 }
                 Some(Some(expires))

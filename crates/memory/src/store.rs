@@ -19,8 +19,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row as _, Sqlite};
 
-use crate::record::{self, Kind, Memory, MemoryVersion, Metadata, NewMemory, Scope, now_ms};
+use crate::record::{self, Kind, Memory, MemoryVersion, Metadata, NewMemory, Scope};
 use crate::vector_index::{Neighbour, VectorIndex};
+use synos_common::time::now_unix_ms;
 
 /// `PRAGMA application_id` of a SynOS memory database ("SYNM").
 const APPLICATION_ID: i64 = 0x5359_4E4D;
@@ -498,7 +499,7 @@ impl Store {
         near_duplicate_similarity: f32,
     ) -> Result<Vec<Stored>, StoreError> {
         let _writer = self.write_lock.lock().await;
-        let now = now_ms();
+        let now = now_unix_ms();
         let mut transaction = self.writes.begin().await.map_err(StoreError::from_write)?;
         // Vectors written by this transaction, applied to the index only once it commits.
         let mut pending = PendingVectors::default();
@@ -734,7 +735,7 @@ impl Store {
         model_id: &str,
     ) -> Result<Memory, StoreError> {
         let _writer = self.write_lock.lock().await;
-        let now = now_ms();
+        let now = now_unix_ms();
         let mut transaction = self.writes.begin().await.map_err(StoreError::from_write)?;
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM memories WHERE id = ?"))
             .bind(id)
