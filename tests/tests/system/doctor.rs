@@ -1,6 +1,6 @@
 //! The doctor against real daemons: a death is an incident within 2 s, a return recovers it,
-//! a flapping daemon stays one incident, history survives the doctor's restart, and synosctl
-//! shows it all.
+//! a flapping daemon stays one incident, history survives the doctor's restart (and a full
+//! disk under its own database), and synosctl shows it all.
 
 use std::time::{Duration, Instant};
 
@@ -400,5 +400,105 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
     assert!(
         stdout.contains("SURVIVAL MODE: every remote LLM provider is down (1)"),
         "{stdout}"
+    );
+}
+
+/// The doctor's `STATUS=` line, as `GetInfo` serves it.
+async fn doctor_status_line(sandbox: &Sandbox) -> String {
+    use synos_proto::admin::v1::GetInfoRequest;
+    use synos_proto::admin::v1::admin_client::AdminClient;
+    AdminClient::new(channel(&sandbox.socket("doctor")).await)
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .state_summary
+}
+
+#[tokio::test]
+async fn a_full_state_disk_loses_no_incident_and_does_not_stop_the_watch() {
+    let sandbox = Sandbox::new();
+    // The doctor's own state directory is the disk that fills: the incident about the full
+    // disk is the one that cannot be written.
+    let state = SmallFileSystem::mount(sandbox.state_dir(), "2m");
+    sandbox.write_config(
+        "doctor",
+        &format!(
+            "[watch]\ndaemons = []\ninterval_ms = 200\n\n[resources]\npaths = [\"{}\"]\n",
+            state.0.display()
+        ),
+    );
+    let mut doctor_daemon = sandbox.start("doctor").await;
+    let mut doctor_client = doctor(&sandbox).await;
+    let mut events = doctor_client
+        .watch_incidents(WatchIncidentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // Fill it to the last block: the write stops at ENOSPC, which is the point.
+    let ballast = state.0.join("ballast");
+    let _ = std::fs::write(&ballast, vec![0_u8; 4 * 1024 * 1024]);
+
+    let opened = next_event(&mut events, Duration::from_secs(3)).await;
+    assert_eq!(opened.kind(), IncidentEventKind::Opened);
+    let incident = opened.incident.unwrap();
+    assert_eq!(incident.check, format!("disk:{}", state.0.display()));
+    // Still served while it cannot be written, and STATUS= says what is unwritten.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = doctor_status_line(&sandbox).await;
+        if status.contains("not yet written") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "STATUS= does not say the incident is unwritten: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = doctor_client
+        .get_report(GetReportRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        report
+            .open_incidents
+            .iter()
+            .any(|open| open.id == incident.id),
+        "{report:?}"
+    );
+
+    // Space returns: the incident recovers, and everything is written.
+    std::fs::remove_file(&ballast).unwrap();
+    let recovered = next_event(&mut events, Duration::from_secs(3)).await;
+    assert_eq!(recovered.kind(), IncidentEventKind::Recovered);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = doctor_status_line(&sandbox).await;
+        if !status.contains("not yet written") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still unwritten: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    doctor_daemon.signal(Signal::SIGTERM);
+    doctor_daemon
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let _doctor_daemon = sandbox.start("doctor").await;
+    let kept = doctor(&sandbox)
+        .await
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        (kept[0].id.as_str(), kept[0].state()),
+        (incident.id.as_str(), IncidentState::Recovered)
     );
 }
