@@ -400,6 +400,17 @@ impl tonic::codec::Decoder for RawBytesCodec {
     }
 }
 
+/// The daemon's `STATUS=` line, as `Admin.GetInfo` serves it.
+pub async fn status_line(socket: &Path) -> String {
+    use synos_proto::admin::v1::{GetInfoRequest, admin_client::AdminClient};
+    AdminClient::new(channel(socket).await)
+        .get_info(GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .state_summary
+}
+
 /// The HTTP listener a daemon reports in `Admin.GetInfo`, e.g. "http://127.0.0.1:41234".
 pub async fn http_listener(socket: &Path) -> Option<String> {
     use synos_proto::admin::v1::{GetInfoRequest, admin_client::AdminClient};

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use synos_integration_tests::{Sandbox, channel};
+use synos_integration_tests::{Sandbox, channel, status_line};
 use synos_proto::doctor::v1::doctor_client::DoctorClient;
 use synos_proto::doctor::v1::{
     DaemonHealth, GetReportRequest, IncidentEvent, IncidentEventKind, IncidentState,
@@ -403,18 +403,6 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
     );
 }
 
-/// The doctor's `STATUS=` line, as `GetInfo` serves it.
-async fn doctor_status_line(sandbox: &Sandbox) -> String {
-    use synos_proto::admin::v1::GetInfoRequest;
-    use synos_proto::admin::v1::admin_client::AdminClient;
-    AdminClient::new(channel(&sandbox.socket("doctor")).await)
-        .get_info(GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .state_summary
-}
-
 #[tokio::test]
 async fn a_full_state_disk_loses_no_incident_and_does_not_stop_the_watch() {
     let sandbox = Sandbox::new();
@@ -446,7 +434,7 @@ async fn a_full_state_disk_loses_no_incident_and_does_not_stop_the_watch() {
     // Still served while it cannot be written, and STATUS= says what is unwritten.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let status = doctor_status_line(&sandbox).await;
+        let status = status_line(&sandbox.socket("doctor")).await;
         if status.contains("not yet written") {
             break;
         }
@@ -475,7 +463,7 @@ async fn a_full_state_disk_loses_no_incident_and_does_not_stop_the_watch() {
     assert_eq!(recovered.kind(), IncidentEventKind::Recovered);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let status = doctor_status_line(&sandbox).await;
+        let status = status_line(&sandbox.socket("doctor")).await;
         if !status.contains("not yet written") {
             break;
         }

@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use synos_integration_tests::process::cpu_seconds;
 use synos_integration_tests::stand_in::{Behaviour, StandIn};
-use synos_integration_tests::{Daemon, Sandbox, channel, require_local_model};
-use synos_proto::admin::v1::GetInfoRequest;
-use synos_proto::admin::v1::admin_client::AdminClient;
+use synos_integration_tests::{Daemon, Sandbox, channel, require_local_model, status_line};
 use synos_proto::llm::v1::router_client::RouterClient;
 use synos_proto::llm::v1::{
     AttemptOutcome, ChatMessage, ChatRequest, ChatResponse, ListProvidersRequest, ProviderState,
@@ -57,19 +55,17 @@ async fn local_provider(client: &mut RouterClient<Channel>) -> synos_proto::llm:
 /// Waits up to 5 s for the router's status line (refreshed every 2 s) to contain `expected`.
 async fn wait_for_status(sandbox: &Sandbox, expected: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !status_line(sandbox).await.contains(expected) {
-        assert!(Instant::now() < deadline, "{}", status_line(sandbox).await);
+    while !status_line(&sandbox.socket("llm-router"))
+        .await
+        .contains(expected)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            status_line(&sandbox.socket("llm-router")).await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn status_line(sandbox: &Sandbox) -> String {
-    AdminClient::new(channel(&sandbox.socket("llm-router")).await)
-        .get_info(GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .state_summary
 }
 
 #[tokio::test]
@@ -80,11 +76,11 @@ async fn with_no_configuration_the_local_model_loads_on_first_use_and_answers_de
 
     // Startup does not load the model; the status line and the provider list say so.
     assert!(
-        status_line(&sandbox)
+        status_line(&sandbox.socket("llm-router"))
             .await
             .contains("not loaded (loads on first use)"),
         "{}",
-        status_line(&sandbox).await
+        status_line(&sandbox.socket("llm-router")).await
     );
     let before = local_provider(&mut client).await;
     assert_eq!(before.state(), ProviderState::Available);

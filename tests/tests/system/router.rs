@@ -1444,13 +1444,7 @@ async fn an_unusable_state_directory_degrades_the_router_but_it_still_routes() {
         .await;
     let mut client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
     assert_eq!(chat_served(&mut client).await.provider, "a");
-    use synos_proto::admin::v1::{GetInfoRequest, admin_client::AdminClient};
-    let summary = AdminClient::new(channel(&sandbox.socket("llm-router")).await)
-        .get_info(GetInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .state_summary;
+    let summary = synos_integration_tests::status_line(&sandbox.socket("llm-router")).await;
     assert!(
         summary.contains("; DEGRADED: state directory") && summary.contains("unusable"),
         "{summary}"
