@@ -9,7 +9,8 @@
 //! `ROUTER_BENCH_RATE` (requests per second, default 2000), `ROUTER_BENCH_CONCURRENCY`
 //! (default 16) and `ROUTER_BENCH_SECONDS` (per phase, default 5) change the load;
 //! `ROUTER_BENCH_CLIENT_THREADS` (default 2) the threads of the clients and the stand-in, and
-//! `ROUTER_BENCH_ROUTER_THREADS` the router's worker threads (default: one per core).
+//! `ROUTER_BENCH_ROUTER_THREADS` the router's worker threads (default: one per core);
+//! `ROUTER_BENCH_ONLY_GATE` (set to anything) measures the policy gate alone.
 #![allow(
     clippy::unwrap_used,
     clippy::print_stdout,
@@ -298,7 +299,9 @@ fn main() {
         let grpc = RouterClient::new(channel(&socket).await);
         let http = http_listener(&socket).await.unwrap();
         let key = create_key(grpc.clone()).await;
+        let only_gate = std::env::var_os("ROUTER_BENCH_ONLY_GATE").is_some();
 
+        if !only_gate {
         println!(
             "router overhead: {concurrency} concurrent clients, {rate} req/s paced, {seconds} s per phase, \
              {client_threads} client threads, stand-in provider answering at once"
@@ -341,6 +344,7 @@ fn main() {
             resident_kib(router.pid(), "VmRSS:") as f64 / 1024.0,
             resident_kib(router.pid(), "VmHWM:") as f64 / 1024.0
         );
+        }
 
         // The policy gate: two routers over one stand-in answering 1 KB, one gated by a real
         // synos-policy (screening before, redaction after; every screening is audited), one

@@ -447,3 +447,29 @@ pub fn project_python() -> PathBuf {
     );
     python
 }
+
+/// A small tmpfs, unmounted when dropped: a disk that a test can fill.
+pub struct SmallFileSystem(pub PathBuf);
+
+impl SmallFileSystem {
+    /// Mounts a tmpfs of `size` (as mount's `size=` takes it) on `path`.
+    pub fn mount(path: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let (code, _, stderr) = output(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&path),
+        );
+        assert_eq!(
+            code, 0,
+            "mounting a tmpfs needs root, as the rest of the test suite does: {stderr}"
+        );
+        Self(path)
+    }
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

@@ -16,7 +16,7 @@ use synos_common::error::ErrorKind;
 use crate::accounting::{Charge, Ledger, estimate_tokens};
 use crate::config::{Config, Price, ProviderConfig, ProviderKind, RouteConfig, Tier, Trust};
 use crate::credentials::CredentialSources;
-use crate::gate::{Gate, Redaction, Screening};
+use crate::gate::{Gate, PendingAudit, Redaction, Screening};
 use crate::keys::KeyStore;
 use crate::local::LocalModel;
 use crate::metrics::{AttemptLabels, Metrics, ProviderLabels, RequestLabels, TokenLabels};
@@ -843,13 +843,14 @@ impl Engine {
     }
 
     /// Screens `call`'s prompt through the gate of the current configuration; a refusal is
-    /// counted as a finished request.
-    async fn screen(&self, call: &ChatCall) -> Result<(), RouteError> {
+    /// counted as a finished request. A passed prompt's audit commit is still to be confirmed
+    /// before anything of its reply is sent.
+    async fn screen(&self, call: &ChatCall) -> Result<Option<PendingAudit>, RouteError> {
         let started = Instant::now();
         let gate = Arc::clone(&self.topology().gate);
         let outcome = gate.screen(call).await;
         let label = match &outcome {
-            Ok(Screening::Passed) => "passed",
+            Ok(Screening::Passed(_)) => "passed",
             Ok(Screening::Off) => "off",
             Ok(Screening::Unscreened(problem)) => {
                 tracing::warn!(route = %call.route, principal = %call.principal, %problem, "request routed unscreened (when_unreachable = \"allow\")");
@@ -863,19 +864,27 @@ impl Engine {
                 reason: label.to_owned(),
             })
             .inc();
-        if let Err(error) = outcome {
-            self.observe_request(&call.route, "", error.label(), started.elapsed(), None);
-            return Err(error);
+        match outcome {
+            Err(error) => {
+                self.observe_request(&call.route, "", error.label(), started.elapsed(), None);
+                Err(error)
+            }
+            Ok(Screening::Passed(pending)) => Ok(Some(pending)),
+            Ok(Screening::Off | Screening::Unscreened(_)) => Ok(None),
         }
-        Ok(())
     }
 
     /// A whole chat completion, its text redacted by the gate.
     pub(crate) async fn chat(&self, call: ChatCall) -> Result<(ChatReply, Served), RouteError> {
         let gate = Arc::clone(&self.topology().gate);
-        self.screen(&call).await?;
+        let pending = self.screen(&call).await?;
         let (mut reply, served) = self.complete_chat(&call).await?;
-        if let Some(text) = gate.redact(&reply.content, &call.principal).await? {
+        let (redacted, confirmed) = tokio::join!(
+            gate.redact(&reply.content, &call.principal),
+            gate.confirm(pending)
+        );
+        confirmed?;
+        if let Some(text) = redacted? {
             if let Some(content) = reply.body.pointer_mut("/choices/0/message/content") {
                 *content = Value::String(text.clone());
             }
@@ -913,7 +922,7 @@ impl Engine {
     /// Starts a streamed chat completion: fails over until a provider produces its first
     /// output, then hands back the open stream.
     pub(crate) async fn chat_stream(&self, call: ChatCall) -> Result<OpenedStream, RouteError> {
-        self.screen(&call).await?;
+        let pending = self.screen(&call).await?;
         let started = Instant::now();
         let topology = self.topology();
         let mut fields = call.fields.clone();
@@ -949,7 +958,11 @@ impl Engine {
                         provider: provider.config.name.clone(),
                     })
                     .observe(open.time_to_first_token.as_secs_f64());
-                let redaction = match topology.gate.open_redaction(&call.principal).await {
+                let (redaction, confirmed) = tokio::join!(
+                    topology.gate.open_redaction(&call.principal),
+                    topology.gate.confirm(pending)
+                );
+                let redaction = match confirmed.and(redaction) {
                     Ok(redaction) => redaction,
                     Err(error) => {
                         self.observe_request(

@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt as _};
+use futures_util::{Stream, StreamExt as _, TryFutureExt as _};
 use serde_json::Value;
 use synos_proto::policy::v1::policy_client::PolicyClient;
+use synos_proto::policy::v1::screen_prompt_progress::Progress;
 use synos_proto::policy::v1::{
     AuthorizeRequest, Decision, RedactOutputChunk, RedactOutputRequest, ScreenInputRequest,
-    ScreenPromptRequest, Verdict,
+    ScreenPromptProgress, ScreenPromptRequest, Verdict,
 };
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -27,14 +28,23 @@ use crate::upstream::StreamChunk;
 const POLICY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the gate did with one prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Screening {
-    /// Screened and allowed (or only flagged).
-    Passed,
+    /// Screened and allowed (or only flagged); policy is still committing the audit records,
+    /// and the reply waits for [`Gate::confirm`].
+    Passed(PendingAudit),
     /// Not screened: the gate is off, or "auto" found no policy socket.
     Off,
     /// Not screened: policy was unreachable and the stance is "allow".
     Unscreened(String),
+}
+
+/// Policy's word, still to come, that a passed prompt's audit records are on disk: the
+/// router answers before them only with nothing to show for it (the provider is called while
+/// they are written, which takes the fsync off the gate's latency).
+#[derive(Debug)]
+pub(crate) struct PendingAudit {
+    progress: Box<Streaming<ScreenPromptProgress>>,
 }
 
 /// The gate, with its connection to policy (made on first use, remade after a failure).
@@ -134,7 +144,7 @@ impl Gate {
         }
         let answers = match self.client().await {
             Err(problem) => Err(problem),
-            Ok(mut client) => ask_policy(client.screen_prompt(ScreenPromptRequest {
+            Ok(mut client) => ask_policy(client.screen_prompt_early(ScreenPromptRequest {
                 authorization: Some(AuthorizeRequest {
                     principal: format!("User::{:?}", call.principal),
                     action: format!("llm.route:{}", call.route),
@@ -146,21 +156,31 @@ impl Gate {
                     resource: format!("Route::{:?}", call.route),
                 }),
             }))
-            .await
-            .and_then(|answer| match (answer.authorization, answer.screening) {
-                (Some(authorized), screened)
-                    if authorized.decision() != Decision::Allow || screened.is_some() =>
-                {
-                    Ok((authorized, screened))
+            .and_then(|mut progress| async move {
+                match next_progress(&mut progress).await? {
+                    Progress::Answer(answer) => Ok((answer, progress)),
+                    Progress::Committed(_) => {
+                        Err("policy confirmed a commit before it answered".to_owned())
+                    }
                 }
-                _ => Err("policy's answer lacks its decision or its screening".to_owned()),
+            })
+            .await
+            .and_then(|(answer, progress)| {
+                match (answer.authorization, answer.screening) {
+                    (Some(authorized), screened)
+                        if authorized.decision() != Decision::Allow || screened.is_some() =>
+                    {
+                        Ok((authorized, screened, progress))
+                    }
+                    _ => Err("policy's answer lacks its decision or its screening".to_owned()),
+                }
             }),
         };
         if answers.is_ok() {
             self.set_unreachable(None);
         }
         match answers {
-            Ok((authorized, screened)) => {
+            Ok((authorized, screened, progress)) => {
                 if authorized.decision() != Decision::Allow {
                     tracing::warn!(route = %call.route, principal = %call.principal, "route refused by policy");
                     return Err(RouteError::Forbidden(format!(
@@ -189,7 +209,9 @@ impl Gate {
                         rules,
                     });
                 }
-                Ok(Screening::Passed)
+                Ok(Screening::Passed(PendingAudit {
+                    progress: Box::new(progress),
+                }))
             }
             Err(problem) => {
                 match self.unreachable(&problem, "cannot screen the prompt, so it is refused") {
@@ -198,6 +220,22 @@ impl Gate {
                 }
             }
         }
+    }
+}
+
+/// The next message of a ScreenPromptEarly answer within [`POLICY_TIMEOUT`], or why there is
+/// none.
+async fn next_progress(progress: &mut Streaming<ScreenPromptProgress>) -> Result<Progress, String> {
+    match tokio::time::timeout(POLICY_TIMEOUT, progress.message()).await {
+        Err(_) => Err(format!("no answer within {} s", POLICY_TIMEOUT.as_secs())),
+        Ok(Err(status)) => Err(status.message().to_owned()),
+        Ok(Ok(None)) => Err("policy ended its answer early".to_owned()),
+        Ok(Ok(Some(ScreenPromptProgress { progress: None }))) => {
+            Err("policy sent an empty message".to_owned())
+        }
+        Ok(Ok(Some(ScreenPromptProgress {
+            progress: Some(progress),
+        }))) => Ok(progress),
     }
 }
 
@@ -247,6 +285,30 @@ impl Gate {
                 tracing::warn!(%problem, "policy unreachable and when_unreachable = \"allow\": going on without it ({refusal} otherwise)");
                 None
             }
+        }
+    }
+
+    /// Waits for policy's word that a passed prompt's audit records are on disk; by the time
+    /// a provider has answered they almost always are. Without it the reply is withheld (or,
+    /// failing open, let through with a warning), as when policy is unreachable.
+    pub(crate) async fn confirm(&self, pending: Option<PendingAudit>) -> Result<(), RouteError> {
+        let Some(mut pending) = pending else {
+            return Ok(());
+        };
+        match next_progress(&mut pending.progress).await {
+            Ok(Progress::Committed(_)) => Ok(()),
+            Ok(Progress::Answer(_)) => self
+                .unreachable(
+                    "policy answered twice instead of confirming its audit commit",
+                    "cannot confirm the prompt's audit records, so the reply is withheld",
+                )
+                .map_or(Ok(()), Err),
+            Err(problem) => self
+                .unreachable(
+                    &format!("the prompt's audit records: {problem}"),
+                    "cannot confirm the prompt's audit records, so the reply is withheld",
+                )
+                .map_or(Ok(()), Err),
         }
     }
 

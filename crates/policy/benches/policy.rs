@@ -16,7 +16,9 @@ use synos_policy::authorizer::{Authorizer, DEFAULT_POLICIES, PolicyFiles};
 use synos_policy::redaction::Redactor;
 use synos_policy::screening::Screener;
 use synos_proto::policy::v1::policy_client::PolicyClient;
-use synos_proto::policy::v1::{AuthorizeRequest, RedactOutputRequest};
+use synos_proto::policy::v1::{
+    AuthorizeRequest, RedactOutputRequest, ScreenInputRequest, ScreenPromptRequest,
+};
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort_unstable();
@@ -252,6 +254,7 @@ fn over_the_socket() {
             micros(trip_p50),
             micros(trip_p99)
         );
+        gate_calls(&mut client).await;
         let mut samples = Vec::with_capacity(2000);
         for _ in 0..2000 {
             let started = Instant::now();
@@ -289,6 +292,62 @@ fn over_the_socket() {
         shutdown.cancel();
         let _ = daemon.await;
     });
+}
+
+/// The router gate's two calls for a 1 KB prompt and reply: the screening until its answer
+/// (the audit commit follows it), and the redaction.
+async fn gate_calls(client: &mut PolicyClient<tonic::transport::Channel>) {
+    let kilobyte = "The quick brown fox jumps over the lazy dog. ".repeat(23);
+    let screening = ScreenPromptRequest {
+        authorization: Some(AuthorizeRequest {
+            principal: "User::\"alice\"".to_owned(),
+            action: "llm.route:default".to_owned(),
+            resource: String::new(),
+        }),
+        screening: Some(ScreenInputRequest {
+            text: kilobyte.clone(),
+            principal: "alice".to_owned(),
+            resource: "Route::\"default\"".to_owned(),
+        }),
+    };
+    let (mut answers, mut commits, mut redactions) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..1200 {
+        let started = Instant::now();
+        let mut progress = client
+            .screen_prompt_early(screening.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        progress.message().await.unwrap().unwrap();
+        let answered = started.elapsed();
+        progress.message().await.unwrap().unwrap();
+        let committed = started.elapsed();
+        let started = Instant::now();
+        client
+            .redact_output(RedactOutputRequest {
+                text: kilobyte.clone(),
+                principal: "alice".to_owned(),
+            })
+            .await
+            .unwrap();
+        if round >= 200 {
+            answers.push(answered);
+            commits.push(committed);
+            redactions.push(started.elapsed());
+        }
+    }
+    for (name, samples) in [
+        ("gate: screen 1 KB prompt, until answered ", answers),
+        ("gate: screen 1 KB prompt, until committed", commits),
+        ("gate: redact 1 KB reply                  ", redactions),
+    ] {
+        let (p50, p99) = percentiles(samples);
+        println!(
+            "{name}          p50 {:>7.1} µs  p99 {:>7.1} µs",
+            micros(p50),
+            micros(p99)
+        );
+    }
 }
 
 /// p50 and p99 of screening 1 KB prompts, rules alone and with the semantic stage, in the same

@@ -103,13 +103,18 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             .map_err(|error| error.to_string()),
     };
     let (screener, screening) = screener(&settings.screening, &config.directories).await;
-    let status = StatusLine::new(match &audit {
-        Ok(_) => status_line(&files, sandbox.as_ref(), &screening),
-        Err(problem) => {
-            tracing::error!(%problem, "audit log unusable");
-            format!("DEGRADED: {problem}; every decision is refused")
-        }
-    });
+    if let Err(problem) = &audit {
+        tracing::error!(%problem, "audit log unusable");
+    }
+    let status = StatusLine::default();
+    let health = service::Health::new(
+        status.clone(),
+        status_line(&files, sandbox.as_ref(), &screening),
+        audit
+            .as_ref()
+            .err()
+            .map(|problem| format!("{problem}; every decision is refused")),
+    );
     let rate_limits = Arc::new(service::RateLimits::new(&settings.rate_limits));
     let forget = {
         let rate_limits = rate_limits.clone();
@@ -138,7 +143,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         sandbox: sandbox.clone(),
         tools: settings.tools.clone(),
         rate_limits,
-        status: status.clone(),
+        health,
     };
     let policy = PolicyServer::new(service)
         .max_decoding_message_size(config.settings.server.max_message_bytes);

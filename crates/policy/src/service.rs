@@ -1,12 +1,14 @@
 //! `synos.policy.v1.Policy`: each call checks its rate limit, decides, appends its audit record
 //! and only then answers. A record that cannot be written fails the call (UNAVAILABLE): no
-//! decision is ever given without its audit record.
+//! decision is ever given without its audit record. The one exception, ScreenPromptEarly, lets
+//! an allowed prompt's answer go ahead of its commit, and its caller holds back what the prompt
+//! produces until the commit is confirmed.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use futures_util::{Stream, StreamExt as _};
@@ -17,12 +19,14 @@ use synos_common::ServiceError;
 use synos_common::error::ErrorKind;
 use synos_common::systemd::StatusLine;
 use synos_proto::policy::v1::policy_server::Policy;
+use synos_proto::policy::v1::screen_prompt_progress::Progress;
 use synos_proto::policy::v1::{
-    AuditRecord, AuthorizeRequest, AuthorizeResponse, Decision, ExecToolResponse,
+    AuditCommitted, AuditRecord, AuthorizeRequest, AuthorizeResponse, Decision, ExecToolResponse,
     QueryAuditRequest, QueryAuditResponse, RedactOutputChunk, RedactOutputRequest,
     RedactOutputResponse, RedactedSpan, ReloadPoliciesRequest, ReloadPoliciesResponse, RuleMatch,
-    ScreenInputRequest, ScreenInputResponse, ScreenPromptRequest, ScreenPromptResponse,
-    ToolCallRequest, ToolCallResponse, Verdict, VerifyAuditRequest, VerifyAuditResponse,
+    ScreenInputRequest, ScreenInputResponse, ScreenPromptProgress, ScreenPromptRequest,
+    ScreenPromptResponse, ToolCallRequest, ToolCallResponse, Verdict, VerifyAuditRequest,
+    VerifyAuditResponse,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -129,7 +133,7 @@ pub(crate) struct PolicyService {
     pub(crate) sandbox: Result<Sandbox, String>,
     pub(crate) tools: BTreeMap<String, ToolConfig>,
     pub(crate) rate_limits: Arc<RateLimits>,
-    pub(crate) status: StatusLine,
+    pub(crate) health: Health,
 }
 
 pub(crate) fn tool_attributes(
@@ -210,13 +214,7 @@ impl PolicyService {
 
     /// Records `entries` in one commit; the first one's sequence number.
     async fn record_together(&self, entries: Vec<Entry>) -> Result<u64, Status> {
-        let audit = self.audit()?;
-        audit.append_together(entries).await.map_err(|error| {
-            self.status.set(format!(
-                "DEGRADED: {error}; every decision is refused until it is writable"
-            ));
-            status_of(error)
-        })
+        commit(self.audit()?, &self.health, entries).await
     }
 
     /// Cedar's decision on `request`: its audit entry, and the answer to send once that is
@@ -307,6 +305,40 @@ impl PolicyService {
             audit_sequence: 0,
         };
         Ok((entry, answer))
+    }
+
+    /// ScreenPrompt's authorization and, when that allows, its screening: the audit entries
+    /// to commit together, and the answer (its sequences still 0).
+    async fn prompt_answer(
+        &self,
+        request: ScreenPromptRequest,
+    ) -> Result<(Vec<Entry>, ScreenPromptResponse), Status> {
+        let (Some(authorization), Some(screening)) = (request.authorization, request.screening)
+        else {
+            return Err(Status::invalid_argument(
+                "a ScreenPrompt request needs both its authorization and its screening",
+            ));
+        };
+        self.limit(&authorization.principal, &authorization.action)
+            .await?;
+        let (decided, authorized) = self.decide(&authorization)?;
+        if authorized.decision() != Decision::Allow {
+            return Ok((
+                vec![decided],
+                ScreenPromptResponse {
+                    authorization: Some(authorized),
+                    screening: None,
+                },
+            ));
+        }
+        let (verdict, screened) = self.screened(&screening).await?;
+        Ok((
+            vec![decided, verdict],
+            ScreenPromptResponse {
+                authorization: Some(authorized),
+                screening: Some(screened),
+            },
+        ))
     }
 
     /// A rate-limited call is refused, and the refusal audited too.
@@ -404,31 +436,65 @@ impl Policy for PolicyService {
         &self,
         request: Request<ScreenPromptRequest>,
     ) -> Result<Response<ScreenPromptResponse>, Status> {
-        let request = request.into_inner();
-        let (Some(authorization), Some(screening)) = (request.authorization, request.screening)
-        else {
-            return Err(Status::invalid_argument(
-                "a ScreenPrompt request needs both its authorization and its screening",
-            ));
+        let (entries, answer) = self.prompt_answer(request.into_inner()).await?;
+        let first = self.record_together(entries).await?;
+        Ok(Response::new(numbered(answer, first)))
+    }
+
+    type ScreenPromptEarlyStream =
+        Pin<Box<dyn Stream<Item = Result<ScreenPromptProgress, Status>> + Send>>;
+
+    async fn screen_prompt_early(
+        &self,
+        request: Request<ScreenPromptRequest>,
+    ) -> Result<Response<Self::ScreenPromptEarlyStream>, Status> {
+        let (entries, answer) = self.prompt_answer(request.into_inner()).await?;
+        let records = entries.len() as u64;
+        let committed = move |first_sequence| ScreenPromptProgress {
+            progress: Some(Progress::Committed(AuditCommitted {
+                first_sequence,
+                records,
+            })),
         };
-        self.limit(&authorization.principal, &authorization.action)
-            .await?;
-        let (decided, mut authorized) = self.decide(&authorization)?;
-        if authorized.decision() != Decision::Allow {
-            authorized.audit_sequence = self.record(decided).await?;
-            return Ok(Response::new(ScreenPromptResponse {
-                authorization: Some(authorized),
-                screening: None,
-            }));
+        let allowed = answer
+            .authorization
+            .as_ref()
+            .is_some_and(|authorized| authorized.decision() == Decision::Allow)
+            && answer
+                .screening
+                .as_ref()
+                .is_some_and(|screened| screened.verdict() != Verdict::Block);
+        if !allowed {
+            // A refusal ends the caller's work at once, so there is nothing to overlap with.
+            let first = self.record_together(entries).await?;
+            let answer = Progress::Answer(numbered(answer, first));
+            return Ok(Response::new(Box::pin(futures_util::stream::iter([
+                Ok(ScreenPromptProgress {
+                    progress: Some(answer),
+                }),
+                Ok(committed(first)),
+            ]))));
         }
-        let (verdict, mut screened) = self.screened(&screening).await?;
-        let first = self.record_together(vec![decided, verdict]).await?;
-        authorized.audit_sequence = first;
-        screened.audit_sequence = first + 1;
-        Ok(Response::new(ScreenPromptResponse {
-            authorization: Some(authorized),
-            screening: Some(screened),
-        }))
+        // Its own task, so the records are written even if the caller stops listening.
+        let audit = self.audit()?.clone();
+        let health = self.health.clone();
+        let writing = tokio::spawn(async move { commit(&audit, &health, entries).await });
+        let answer = ScreenPromptProgress {
+            progress: Some(Progress::Answer(answer)),
+        };
+        let written = async move {
+            match writing.await {
+                Ok(Ok(first)) => Ok(committed(first)),
+                Ok(Err(status)) => Err(status),
+                Err(error) => Err(Status::internal(format!(
+                    "the audit commit stopped: {error}"
+                ))),
+            }
+        };
+        Ok(Response::new(Box::pin(
+            futures_util::stream::once(std::future::ready(Ok(answer)))
+                .chain(futures_util::stream::once(written)),
+        )))
     }
 
     async fn redact_output(
@@ -653,7 +719,7 @@ impl Policy for PolicyService {
             files: files.files.clone(),
         };
         tracing::info!(policies = response.policy_count, "policies reloaded");
-        self.status.set(crate::status_line(
+        self.health.serving(crate::status_line(
             &files,
             self.sandbox.as_ref(),
             &self.screening_summary,
@@ -717,6 +783,102 @@ impl Policy for PolicyService {
                 .collect(),
         }))
     }
+}
+
+/// Commits `entries` together, their first sequence number; a failure marks the daemon
+/// degraded, since every decision is refused until the log is writable again.
+async fn commit(audit: &AuditLog, health: &Health, entries: Vec<Entry>) -> Result<u64, Status> {
+    match audit.append_together(entries).await {
+        Ok(first) => {
+            health.audit_written();
+            Ok(first)
+        }
+        Err(error) => {
+            health.audit_failed(format!(
+                "{error}; every decision is refused until it is writable"
+            ));
+            Err(status_of(error))
+        }
+    }
+}
+
+/// The status line, made of what is served and what is wrong with the audit log. A failed
+/// write marks the daemon degraded until a write succeeds again; a log that could not be
+/// opened marks it degraded for good.
+#[derive(Debug, Clone)]
+pub(crate) struct Health {
+    line: StatusLine,
+    parts: Arc<Mutex<HealthParts>>,
+}
+
+#[derive(Debug)]
+struct HealthParts {
+    serving: String,
+    audit_problem: Option<String>,
+}
+
+impl Health {
+    /// The health of a daemon serving `serving`, its audit log unusable for `audit_problem`.
+    pub(crate) fn new(line: StatusLine, serving: String, audit_problem: Option<String>) -> Self {
+        let health = Self {
+            line,
+            parts: Arc::new(Mutex::new(HealthParts {
+                serving,
+                audit_problem,
+            })),
+        };
+        health.update(|_| {});
+        health
+    }
+
+    /// What is served changed (policies reloaded).
+    pub(crate) fn serving(&self, serving: String) {
+        self.update(|parts| parts.serving = serving);
+    }
+
+    fn audit_failed(&self, problem: String) {
+        self.update(|parts| parts.audit_problem = Some(problem));
+    }
+
+    fn audit_written(&self) {
+        // Every commit passes here, so the healthy case only looks.
+        if self.parts().audit_problem.is_some() {
+            self.update(|parts| parts.audit_problem = None);
+        }
+    }
+
+    fn parts(&self) -> std::sync::MutexGuard<'_, HealthParts> {
+        self.parts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut HealthParts)) {
+        let mut parts = self.parts();
+        let was_degraded = parts.audit_problem.is_some();
+        change(&mut parts);
+        match &parts.audit_problem {
+            Some(problem) => self.line.set(format!("DEGRADED: {problem}")),
+            None => {
+                if was_degraded {
+                    tracing::info!("audit log writable again");
+                }
+                self.line.set(parts.serving.clone());
+            }
+        }
+    }
+}
+
+/// `answer` with the sequence numbers of its audit records, committed from `first` on in the
+/// order [`PolicyService::prompt_answer`] gave them.
+fn numbered(mut answer: ScreenPromptResponse, first: u64) -> ScreenPromptResponse {
+    if let Some(authorized) = &mut answer.authorization {
+        authorized.audit_sequence = first;
+    }
+    if let Some(screened) = &mut answer.screening {
+        screened.audit_sequence = first + 1;
+    }
+    answer
 }
 
 /// A response stream fed by a task through a channel.

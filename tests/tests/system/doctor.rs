@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use synos_integration_tests::{Sandbox, channel, status_line};
+use synos_integration_tests::{Sandbox, SmallFileSystem, channel, status_line};
 use synos_proto::doctor::v1::doctor_client::DoctorClient;
 use synos_proto::doctor::v1::{
     DaemonHealth, GetReportRequest, IncidentEvent, IncidentEventKind, IncidentState,
@@ -238,31 +238,6 @@ async fn history_survives_the_doctors_restart_and_run_check_counts() {
         "{}",
         unknown.message()
     );
-}
-
-/// A small tmpfs, unmounted when dropped.
-struct SmallFileSystem(std::path::PathBuf);
-
-impl SmallFileSystem {
-    fn mount(path: std::path::PathBuf, size: &str) -> Self {
-        std::fs::create_dir_all(&path).unwrap();
-        let (code, _, stderr) = synos_integration_tests::output(
-            std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(&path),
-        );
-        assert_eq!(
-            code, 0,
-            "mounting a tmpfs needs root, as the rest of the test suite does: {stderr}"
-        );
-        Self(path)
-    }
-}
-
-impl Drop for SmallFileSystem {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[tokio::test]

@@ -1,9 +1,10 @@
 //! The router's policy gate against the real policy daemon: blocked prompts are refused before
-//! any provider is called, over gRPC (whole and streamed) and HTTP; without policy the gate
-//! fails closed, or open where configured, and says so.
+//! any provider is called, over gRPC (whole and streamed) and HTTP; a reply whose prompt policy
+//! could not audit is withheld; without policy the gate fails closed, or open where configured,
+//! and says so.
 
 use synos_integration_tests::stand_in::StandIn;
-use synos_integration_tests::{Daemon, Sandbox, channel, http_listener, output};
+use synos_integration_tests::{Daemon, Sandbox, SmallFileSystem, channel, http_listener, output};
 use synos_proto::admin::v1::admin_client::AdminClient;
 use synos_proto::admin::v1::{GetInfoRequest, GetMetricsRequest};
 use synos_proto::llm::v1::router_client::RouterClient;
@@ -369,4 +370,45 @@ async fn cedar_decides_who_may_use_which_route_over_grpc_and_http_keys() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "route_forbidden");
     assert_eq!(remote.count(), 2);
+}
+
+#[tokio::test]
+async fn a_reply_is_withheld_when_its_prompt_cannot_be_audited() {
+    let remote = StandIn::start("remote").await;
+    let sandbox = Sandbox::new();
+    // Only policy's state directory fills, so the router itself stays healthy.
+    let policy_state = SmallFileSystem::mount(sandbox.state_dir().join("policy"), "2m");
+    let _policy = sandbox.start("policy").await;
+    sandbox.write_config("llm-router", &config(&remote, ""));
+    let _router = sandbox.start("llm-router").await;
+    let mut client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    let answer = client.chat(request("hello")).await.unwrap().into_inner();
+    assert_eq!(answer.content, "reply from remote");
+
+    // Fill it to the last block: the write stops at ENOSPC, which is the point.
+    let ballast = policy_state.0.join("ballast");
+    let _ = std::fs::write(&ballast, vec![0_u8; 4 * 1024 * 1024]);
+    let withheld = client.chat(request("hello")).await.unwrap_err();
+    assert_eq!(withheld.code(), Code::Unavailable, "{}", withheld.message());
+    assert!(
+        withheld
+            .message()
+            .contains("cannot confirm the prompt's audit records, so the reply is withheld")
+            && withheld.message().contains("audit log unwritable"),
+        "{}",
+        withheld.message()
+    );
+    match client.chat_stream(request("hello")).await {
+        Err(withheld) => assert_eq!(withheld.code(), Code::Unavailable, "{withheld:?}"),
+        Ok(events) => {
+            let mut events = events.into_inner();
+            let first = futures_util::StreamExt::next(&mut events).await.unwrap();
+            let withheld = first.expect_err("a streamed reply whose prompt is not audited");
+            assert_eq!(withheld.code(), Code::Unavailable, "{withheld:?}");
+        }
+    }
+
+    std::fs::remove_file(&ballast).unwrap();
+    let answer = client.chat(request("hello")).await.unwrap().into_inner();
+    assert_eq!(answer.content, "reply from remote");
 }

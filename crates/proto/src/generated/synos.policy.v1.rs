@@ -71,6 +71,32 @@ pub struct ScreenPromptResponse {
     pub screening: ::core::option::Option<ScreenInputResponse>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ScreenPromptProgress {
+    #[prost(oneof = "screen_prompt_progress::Progress", tags = "1, 2")]
+    pub progress: ::core::option::Option<screen_prompt_progress::Progress>,
+}
+/// Nested message and enum types in `ScreenPromptProgress`.
+pub mod screen_prompt_progress {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Progress {
+        /// The decision and screening: always the first message.
+        #[prost(message, tag = "1")]
+        Answer(super::ScreenPromptResponse),
+        /// Their audit records are on disk: always the second and last message.
+        #[prost(message, tag = "2")]
+        Committed(super::AuditCommitted),
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuditCommitted {
+    /// Sequence number of the first record committed; the others follow it one by one.
+    #[prost(uint64, tag = "1")]
+    pub first_sequence: u64,
+    /// How many records were committed.
+    #[prost(uint64, tag = "2")]
+    pub records: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RuleMatch {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
@@ -464,6 +490,36 @@ pub mod policy_client {
                 .insert(GrpcMethod::new("synos.policy.v1.Policy", "ScreenPrompt"));
             self.inner.unary(req, path, codec).await
         }
+        /// ScreenPrompt for a caller that can overlap the audit commit with its own work: an allowed
+        /// prompt's answer comes first (its audit sequences 0), then `committed` once its records are
+        /// on disk, or an error status if they cannot be written. The caller holds back whatever
+        /// the prompt produces until `committed` arrives. A refusal is answered only after its
+        /// records are committed, so it arrives with `committed` right behind it. The records are
+        /// written even if the caller goes away.
+        pub async fn screen_prompt_early(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ScreenPromptRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ScreenPromptProgress>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synos.policy.v1.Policy/ScreenPromptEarly",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synos.policy.v1.Policy", "ScreenPromptEarly"));
+            self.inner.server_streaming(req, path, codec).await
+        }
         /// Replace secrets and personal data in a text with typed placeholders.
         pub async fn redact_output(
             &mut self,
@@ -679,6 +735,25 @@ pub mod policy_server {
             request: tonic::Request<super::ScreenPromptRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ScreenPromptResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the ScreenPromptEarly method.
+        type ScreenPromptEarlyStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ScreenPromptProgress, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// ScreenPrompt for a caller that can overlap the audit commit with its own work: an allowed
+        /// prompt's answer comes first (its audit sequences 0), then `committed` once its records are
+        /// on disk, or an error status if they cannot be written. The caller holds back whatever
+        /// the prompt produces until `committed` arrives. A refusal is answered only after its
+        /// records are committed, so it arrives with `committed` right behind it. The records are
+        /// written even if the caller goes away.
+        async fn screen_prompt_early(
+            &self,
+            request: tonic::Request<super::ScreenPromptRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::ScreenPromptEarlyStream>,
             tonic::Status,
         >;
         /// Replace secrets and personal data in a text with typed placeholders.
@@ -951,6 +1026,52 @@ pub mod policy_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synos.policy.v1.Policy/ScreenPromptEarly" => {
+                    #[allow(non_camel_case_types)]
+                    struct ScreenPromptEarlySvc<T: Policy>(pub Arc<T>);
+                    impl<
+                        T: Policy,
+                    > tonic::server::ServerStreamingService<super::ScreenPromptRequest>
+                    for ScreenPromptEarlySvc<T> {
+                        type Response = super::ScreenPromptProgress;
+                        type ResponseStream = T::ScreenPromptEarlyStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ScreenPromptRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Policy>::screen_prompt_early(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ScreenPromptEarlySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
