@@ -13,7 +13,7 @@ use unicode_normalization::UnicodeNormalization as _;
 use crate::semantic::SemanticStage;
 
 /// Changes whenever a rule, weight, exemplar or the normalisation changes.
-pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.2";
+pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.3";
 
 /// One rule: a pattern over the normalised text and how much a match counts.
 #[derive(Debug)]
@@ -32,13 +32,37 @@ const RULES: &[Rule] = &[
         id: "ignore-previous-instructions",
         description: "tells the model to ignore, forget or override its earlier instructions",
         weight: 0.85,
-        pattern: r"\b(ignore|disregard|forget|skip|override|bypass|drop|abandon|discard)\b[^.\n]{0,40}?\b(previous|previously\s+given|prior|above|earlier|preceding|initial|original|system|all|any|your|the)\s+(instructions?|prompts?|rules|directions?|directives|guidelines|guidance|context|messages?|commands?|programming|constraints|inputs|orders)\b",
+        pattern: r"\b(ignore|disregard|forget|skip|override|bypass|drop|abandon|discard|set\s+aside|put\s+aside|throw\s+out|scrap|never\s+mind)\b[^.\n]{0,40}?\b(previous|previously\s+given|prior|above|earlier|preceding|initial|original|system|all|any|your|the)\s+(instructions?|prompts?|rules|directions?|directives|guidelines|guidance|context|messages?|commands?|programming|constraints|inputs|orders)\b",
     },
     Rule {
         id: "reveal-system-prompt",
         description: "asks for the system prompt, hidden instructions or developer message",
         weight: 0.8,
         pattern: r"\b(reveal|show|print|repeat|output|display|tell me|give me|leak|dump|share|recite|what (is|are|was|were))\b[^.\n]{0,40}?\b(your|the)\s+(system\s+(prompt|message|instructions)|(initial|hidden|secret|confidential)\s+(prompt|instructions|rules)|developer\s+(message|prompt)|instructions\s+(above|you\s+were\s+given))|\b(original|initial)\s+instructions\s+you\s+were\s+given",
+    },
+    Rule {
+        id: "copy-out-instructions",
+        description: "asks to copy out the instructions or text that came before the user's message",
+        weight: 0.55,
+        pattern: r"\b(print|repeat|output|paste|reproduce|echo|recite|dump|copy|quote|spell\s+out|write\s+out|convert)\b[^.\n]{0,30}?\b((the\s+)?(above|previous|prior|preceding|initial|original)\s+(instructions|prompt|directions)|everything\s+(that\s+(appears|is|was)\s+)?(above|before)\s+this|all\s+(of\s+)?(your\s+|the\s+)?instructions|your\s+(full\s+|complete\s+|exact\s+|whole\s+)?(instructions|pre-?prompt|initial\s+(configuration|prompt|setup)|configuration|rules|directives))\b",
+    },
+    Rule {
+        id: "hidden-rules-or-secrets",
+        description: "asks for instructions, rules or secrets the model was told to keep",
+        weight: 0.6,
+        pattern: r"\b(your|the)\s+(hidden|secret|confidential|internal|private)\s+(rules|instructions|guidelines|directives|configuration)\b|\binstructions\s+(you\s+were|you've\s+been|you\s+have\s+been)\s+(configured|set\s+up|programmed|initiali[sz]ed)\s+with\b|\brules\s+you\s+(must|have\s+to)\s+follow,?\s+including\b|\b(secret\s+(password|passphrase|keys?|code|word)|(access|secret)\s+code|pre-?prompt)\b|\b(password|key|code|secret)\s+(hidden|stored|kept)\s+in\s+your\s+(prompt|instructions)",
+    },
+    Rule {
+        id: "planted-instruction",
+        description: "text addressed to an AI that processes it, as planted in a document, page or e-mail",
+        weight: 0.7,
+        pattern: r"\b(note|message|instructions?|text|attention|important)\s+(to|for)\s+(any\s+|the\s+|all\s+)?(ai|llm|language\s+model|chatbot|ai\s+(model|assistant|system)s?|assistant)\s*(:|,|reading|processing|summari[sz]ing)|\bif\s+you\s+are\s+(an?\s+)?(ai|llm|language\s+model|large\s+language\s+model)\s+((model|assistant|system)\s+)?(reading|processing|summari[sz]ing|parsing|reviewing)\b|\b(ai|llm)s?\s+((systems?|models?|assistants?)\s+)?(reading|processing|summari[sz]ing|parsing)\s+(this|it)\b[^.\n]{0,30}?\b(must|should|shall|are\s+to)\b|\bnew\s+instructions\s+for\s+the\s+(ai|assistant|model|language\s+model)\b|\bthe\s+(assistant|ai|model)\s+must\s+now\b",
+    },
+    Rule {
+        id: "restriction-free-persona",
+        description: "describes a model that is bound by no rules, ethics or guidelines",
+        weight: 0.55,
+        pattern: r"\bnot\s+bound\s+by\s+(any\s+)?(rules|restrictions|guidelines|ethics|morals|principles|limitations|polic(y|ies))\b|\b(ai|bot|model|chatbot|assistant)\b[^.\n]{0,60}?\b(with\s+no|without\s+any)\s+(rules|restrictions|limitations|filters|ethics|morals)\b|\bbreak\s+(through|free\s+(of|from))\s+(the\s+|his\s+|its\s+|their\s+|your\s+)?(restrictions|rules|limitations|guidelines|programming|filters)\b|\b(does\s+not|doesn't|doesn’t|will\s+not|won't)\s+follow\s+(any|the)\s+(rules|principles|guidelines|polic(y|ies)|restrictions)\b",
     },
     Rule {
         id: "jailbreak-persona",
@@ -56,7 +80,7 @@ const RULES: &[Rule] = &[
         id: "no-restrictions",
         description: "asks to drop safety rules, filters or limitations",
         weight: 0.7,
-        pattern: r"\byou\s+have\s+no\s+(rules|restrictions|limits|guidelines|filters)\b|\b(without|free\s+of|ignore|ignoring|remove|disable|bypass|turn\s+off|lift)\s+(any\s+|all\s+|your\s+|the\s+)*(restrictions|filters?|filtering|safety\s+(rules|guidelines|measures|filters?)|censorship|limitations|guardrails|content\s+polic(y|ies)|ethical\s+(guidelines|constraints|rules)|moral\s+(guidelines|constraints))\b",
+        pattern: r"\byou\s+have\s+no\s+(rules|restrictions|limits|guidelines|filters)\b|\b(without|free\s+of|ignore|ignoring|remove|disable|bypass|turn\s+off|lift|override|circumvent|evade)\s+(any\s+|all\s+|your\s+|the\s+)*(restrictions|filters?|filtering|safety\s+(rules|guidelines|measures|filters?)|censorship|limitations|guardrails|content\s+polic(y|ies)|ethical\s+(guidelines|constraints|rules)|moral\s+(guidelines|constraints))\b",
     },
     Rule {
         id: "safety-disabled-claim",
@@ -92,7 +116,7 @@ const RULES: &[Rule] = &[
         id: "secret-exfiltration",
         description: "asks to send secrets or the conversation somewhere",
         weight: 0.75,
-        pattern: r"\b(send|post|upload|exfiltrate|forward|transmit|email|leak)\b[^.\n]{0,60}?\b(api\s+keys?|passwords?|credentials|secrets?|tokens?|ssh\s+keys?|private\s+keys?|environment\s+variables|conversation|chat\s+history|system\s+prompt)\b[^.\n]{0,60}?\b(to|at)\s+(https?://|[a-z0-9-]+(\.[a-z0-9-]+)+|\S+@\S+)",
+        pattern: r"\b(send|post|upload|exfiltrate|forward|transmit|email|leak)\b[^.\n]{0,60}?\b(api\s+keys?|passwords?|credentials|secrets?|tokens?|ssh\s+keys?|private\s+keys?|environment\s+variables|conversation|chat\s+history|system\s+prompt|(the\s+)?user's\s+(contacts|address\s+book|files|e-?mails|messages|data))\b[^.\n]{0,60}?\b(to|at)\s+(https?://|[a-z0-9-]+(\.[a-z0-9-]+)+|\S+@\S+)|\b(append|include|add|insert|put)\b[^.\n]{0,20}?\bthe\s+user's\s+(api\s+keys?|passwords?|credentials|secret\s+keys?|private\s+keys?|access\s+tokens?)\b[^.\n]{0,20}?\b(to|in|into)\s+(your|the)\s+(answer|reply|response|output)\b",
     },
     Rule {
         id: "markdown-exfiltration",
