@@ -1,10 +1,12 @@
-//! `synosctl doctor`: the doctor's report and its incidents.
+//! `synosctl doctor`: the doctor's report, its incidents and its queue of actions awaiting
+//! approval.
 
 use serde_json::{Value, json};
 use synos_common::exit;
 use synos_proto::doctor::v1::doctor_client::DoctorClient;
 use synos_proto::doctor::v1::{
-    CheckStatus, DaemonHealth, GetReportRequest, Incident, ListIncidentsRequest, OverallState,
+    ApproveRequest, CheckStatus, DaemonHealth, DenyRequest, GetReportRequest, Incident,
+    ListIncidentsRequest, ListPendingRequest, OverallState, PendingAction, PendingState,
 };
 
 use crate::Cli;
@@ -160,4 +162,95 @@ pub(crate) async fn incidents(
         emit(&incident_rows(&incidents));
     }
     Ok(exit::OK)
+}
+
+fn pending_json(action: &PendingAction) -> Value {
+    json!({
+        "id": action.id,
+        "incident": action.incident_id,
+        "action": action.action,
+        "target": action.target,
+        "reason": action.reason,
+        "proposed": timestamp_text(action.proposed.as_ref()),
+        "state": lower(action.state().as_str_name(), "PENDING_STATE_"),
+        "decided_by": action.decided_by,
+        "decided": action.decided.as_ref().map(|time| timestamp_text(Some(time))),
+        "outcome": action.outcome,
+    })
+}
+
+/// `synosctl doctor pending`.
+pub(crate) async fn pending(cli: &Cli, include_decided: bool, as_json: bool) -> CommandResult {
+    let connection = connect(cli, "doctor").await?;
+    let actions = DoctorClient::new(connection.channel.clone())
+        .list_pending(ListPendingRequest { include_decided })
+        .await
+        .map_err(|status| connection.call_failed(&status))?
+        .into_inner()
+        .actions;
+    if as_json {
+        emit_json(&Value::Array(actions.iter().map(pending_json).collect()));
+    } else if actions.is_empty() {
+        emit("no actions await approval");
+    } else {
+        let rows: Vec<Vec<String>> = actions
+            .iter()
+            .map(|action| {
+                vec![
+                    action.id.clone(),
+                    format!("{} {}", action.action, action.target),
+                    lower(action.state().as_str_name(), "PENDING_STATE_"),
+                    timestamp_text(action.proposed.as_ref()),
+                    if action.outcome.is_empty() {
+                        action.reason.clone()
+                    } else {
+                        action.outcome.clone()
+                    },
+                ]
+            })
+            .collect();
+        emit(&table(
+            &["ID", "ACTION", "STATE", "PROPOSED", "REASON OR OUTCOME"],
+            &rows,
+        ));
+    }
+    Ok(exit::OK)
+}
+
+/// `synosctl doctor approve` (no `deny_reason`) and `synosctl doctor deny`: exit 1 when an
+/// approved action failed.
+pub(crate) async fn decide(
+    cli: &Cli,
+    id: &str,
+    deny_reason: Option<&str>,
+    as_json: bool,
+) -> CommandResult {
+    let connection = connect(cli, "doctor").await?;
+    let mut doctor = DoctorClient::new(connection.channel.clone());
+    let decided = match deny_reason {
+        None => doctor.approve(ApproveRequest { id: id.to_owned() }).await,
+        Some(reason) => {
+            doctor
+                .deny(DenyRequest {
+                    id: id.to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .await
+        }
+    }
+    .map_err(|status| connection.call_failed(&status))?
+    .into_inner();
+    if as_json {
+        emit_json(&pending_json(&decided));
+    } else {
+        emit(&format!(
+            "{} {}: {}",
+            decided.action, decided.target, decided.outcome
+        ));
+    }
+    Ok(if decided.state() == PendingState::Failed {
+        exit::FAILURE
+    } else {
+        exit::OK
+    })
 }

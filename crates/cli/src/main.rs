@@ -398,6 +398,35 @@ enum DoctorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Actions the doctor may not take alone, waiting for approval, oldest first
+    Pending {
+        /// Also the newest 100 already approved or denied
+        #[arg(long)]
+        all: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending action, which the doctor then carries out (authorized and audited
+    /// by the policy daemon); exit 1 if carrying it out failed
+    Approve {
+        /// The pending action's id, as `synosctl doctor pending` lists it
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a pending action (authorized and audited by the policy daemon)
+    Deny {
+        /// The pending action's id, as `synosctl doctor pending` lists it
+        id: String,
+        /// Why, for the record
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 async fn memory_command(cli: &Cli, command: &MemoryCommand) -> commands::CommandResult {
@@ -563,6 +592,15 @@ fn main() -> ExitCode {
             Command::Doctor(DoctorCommand::Report { json }) => doctor::report(&cli, *json).await,
             Command::Doctor(DoctorCommand::Incidents { open, limit, json }) => {
                 doctor::incidents(&cli, *open, *limit, *json).await
+            }
+            Command::Doctor(DoctorCommand::Pending { all, json }) => {
+                doctor::pending(&cli, *all, *json).await
+            }
+            Command::Doctor(DoctorCommand::Approve { id, json }) => {
+                doctor::decide(&cli, id, None, *json).await
+            }
+            Command::Doctor(DoctorCommand::Deny { id, reason, json }) => {
+                doctor::decide(&cli, id, Some(reason), *json).await
             }
             Command::Completions { shell } => Ok(print_completions(*shell)),
             Command::ManualPages { directory } => write_manual_pages(directory),

@@ -13,9 +13,11 @@ use sqlx::{Connection as _, Row as _, SqliteConnection};
 use synos_common::time::{rfc3339_seconds, timestamp, unix_ms};
 use synos_proto::doctor::v1::{
     CheckReport, CheckStatus, DaemonHealth, Incident, IncidentEvent, IncidentEventKind,
-    IncidentState, Severity,
+    IncidentState, PendingAction, PendingState, Severity,
 };
 use tokio::sync::{broadcast, mpsc};
+
+use crate::approvals::{Action, DECIDED_LISTED, Proposal};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -104,6 +106,34 @@ impl Record {
     }
 }
 
+/// Something for the database writer to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An incident, whole.
+    Incident(Record),
+    /// A proposal awaiting (or past) an operator's decision, whole.
+    Proposal(Proposal),
+}
+
+impl Change {
+    /// Later changes of the same thing replace earlier ones.
+    fn key(&self) -> (bool, String) {
+        match self {
+            Self::Incident(record) => (false, record.id.clone()),
+            Self::Proposal(proposal) => (true, proposal.id.clone()),
+        }
+    }
+}
+
+/// What the database held when the doctor started.
+#[derive(Debug, Default)]
+pub struct History {
+    /// The newest incidents, oldest first.
+    pub incidents: Vec<Record>,
+    /// Every pending proposal and the newest decided ones, oldest first.
+    pub proposals: Vec<Proposal>,
+}
+
 #[derive(Debug, Clone, Default)]
 struct CheckState {
     failures: u32,
@@ -123,7 +153,11 @@ pub struct Book {
     /// Oldest first.
     incidents: Vec<Record>,
     events: broadcast::Sender<IncidentEvent>,
-    writes: mpsc::UnboundedSender<Record>,
+    /// Oldest first.
+    proposals: Vec<Proposal>,
+    /// Proposals an Approve or Deny is deciding right now, so that a second waits its turn.
+    deciding: Vec<String>,
+    writes: mpsc::UnboundedSender<Change>,
 }
 
 impl Book {
@@ -132,9 +166,13 @@ impl Book {
     pub fn new(
         thresholds: Thresholds,
         checks: &[String],
-        history: Vec<Record>,
-        writes: mpsc::UnboundedSender<Record>,
+        history: History,
+        writes: mpsc::UnboundedSender<Change>,
     ) -> Self {
+        let History {
+            incidents: history,
+            proposals,
+        } = history;
         let mut states: BTreeMap<String, CheckState> = checks
             .iter()
             .map(|check| (check.clone(), CheckState::default()))
@@ -151,6 +189,8 @@ impl Book {
             checks: states,
             incidents: history,
             events,
+            proposals,
+            deciding: Vec::new(),
             writes,
         }
     }
@@ -210,8 +250,7 @@ impl Book {
             {
                 record.add_evidence(at_ms, &observation.detail);
                 record.last_changed_ms = at_ms;
-                let record = record.clone();
-                let _ = self.writes.send(record);
+                let _ = self.writes.send(Change::Incident(record.clone()));
             }
             return;
         }
@@ -270,7 +309,7 @@ impl Book {
 
     fn publish(&self, kind: IncidentEventKind, record: &Record) {
         // The database copy is written later by the writer; the watch loop never waits for it.
-        let _ = self.writes.send(record.clone());
+        let _ = self.writes.send(Change::Incident(record.clone()));
         let _ = self.events.send(IncidentEvent {
             kind: kind.into(),
             incident: Some(record.to_proto()),
@@ -289,8 +328,137 @@ impl Book {
                 record.actions.drain(..excess);
             }
             record.last_changed_ms = now;
-            let _ = self.writes.send(record.clone());
+            let _ = self.writes.send(Change::Incident(record.clone()));
         }
+    }
+
+    /// Proposes `action` on `target` for incident `incident_id`, to wait for an operator;
+    /// `None` when the same is already waiting.
+    pub fn propose(
+        &mut self,
+        incident_id: &str,
+        action: Action,
+        target: &str,
+        reason: &str,
+    ) -> Option<Proposal> {
+        if self.proposals.iter().any(|proposal| {
+            proposal.state == PendingState::Pending
+                && proposal.action == action
+                && proposal.target == target
+        }) {
+            return None;
+        }
+        let proposal = Proposal {
+            id: uuid::Uuid::now_v7().to_string(),
+            incident_id: incident_id.to_owned(),
+            action,
+            target: target.to_owned(),
+            reason: reason.to_owned(),
+            proposed_ms: unix_ms(SystemTime::now()),
+            state: PendingState::Pending,
+            decided_by: String::new(),
+            decided_ms: None,
+            outcome: String::new(),
+        };
+        self.proposals.push(proposal.clone());
+        let _ = self.writes.send(Change::Proposal(proposal.clone()));
+        self.record_action(
+            incident_id,
+            &format!(
+                "asked an operator to approve: {} (synosctl doctor approve {})",
+                proposal.describe(),
+                proposal.id
+            ),
+        );
+        Some(proposal)
+    }
+
+    /// The pending proposals and, with `include_decided`, the newest decided ones; oldest
+    /// first.
+    pub fn proposals(&self, include_decided: bool) -> Vec<PendingAction> {
+        self.proposals
+            .iter()
+            .filter(|proposal| include_decided || proposal.state == PendingState::Pending)
+            .map(Proposal::to_proto)
+            .collect()
+    }
+
+    /// Takes pending proposal `id` for a decision, which must end with [`Self::decide`] or
+    /// [`Self::release`]. NOT_FOUND for an unknown id, FAILED_PRECONDITION when it was already
+    /// decided or is being decided.
+    pub fn claim(&mut self, id: &str) -> Result<Proposal, tonic::Status> {
+        let proposal = self
+            .proposals
+            .iter()
+            .find(|proposal| proposal.id == id)
+            .ok_or_else(|| tonic::Status::not_found(format!("no pending action {id:?}")))?;
+        if proposal.state != PendingState::Pending {
+            return Err(tonic::Status::failed_precondition(format!(
+                "pending action {id} was already decided: {} by {}",
+                crate::approvals::state_name(proposal.state),
+                proposal.decided_by
+            )));
+        }
+        if self.deciding.iter().any(|deciding| deciding == id) {
+            return Err(tonic::Status::failed_precondition(format!(
+                "pending action {id} is being decided by another call"
+            )));
+        }
+        self.deciding.push(id.to_owned());
+        Ok(proposal.clone())
+    }
+
+    /// Gives a claimed proposal back undecided (its decision was refused).
+    pub fn release(&mut self, id: &str) {
+        self.deciding.retain(|deciding| deciding != id);
+    }
+
+    /// Records how claimed proposal `id` was decided, and writes it into its incident.
+    pub fn decide(
+        &mut self,
+        id: &str,
+        state: PendingState,
+        decided_by: &str,
+        outcome: &str,
+    ) -> Option<PendingAction> {
+        self.release(id);
+        let now = unix_ms(SystemTime::now());
+        let proposal = self
+            .proposals
+            .iter_mut()
+            .find(|proposal| proposal.id == id)?;
+        proposal.state = state;
+        decided_by.clone_into(&mut proposal.decided_by);
+        proposal.decided_ms = Some(now);
+        outcome.clone_into(&mut proposal.outcome);
+        let proposal = proposal.clone();
+        let _ = self.writes.send(Change::Proposal(proposal.clone()));
+        // Decided ones stay in the database; memory keeps the newest.
+        let decided = self
+            .proposals
+            .iter()
+            .filter(|kept| kept.state != PendingState::Pending)
+            .count();
+        let mut excess = decided.saturating_sub(DECIDED_LISTED);
+        self.proposals.retain(|kept| {
+            if excess > 0 && kept.state != PendingState::Pending {
+                excess -= 1;
+                return false;
+            }
+            true
+        });
+        let verdict = match state {
+            PendingState::Denied => "denied",
+            _ => "approved",
+        };
+        self.record_action(
+            &proposal.incident_id,
+            &format!(
+                "{} {verdict} by {decided_by}: {outcome}",
+                proposal.describe()
+            ),
+        );
+        Some(proposal.to_proto())
     }
 
     /// Why the system is in survival mode: every remote provider down (with at least one
@@ -449,8 +617,47 @@ impl Store {
         Ok(Self { connection })
     }
 
-    /// The newest incidents, oldest first.
-    pub async fn load(&mut self) -> Result<Vec<Record>, String> {
+    /// The newest incidents and the proposals worth keeping in memory, oldest first.
+    pub async fn load(&mut self) -> Result<History, String> {
+        let incidents = self.load_incidents().await?;
+        let proposals = self.load_proposals().await?;
+        Ok(History {
+            incidents,
+            proposals,
+        })
+    }
+
+    async fn load_proposals(&mut self) -> Result<Vec<Proposal>, String> {
+        let rows = sqlx::query(
+            "SELECT id, incident_id, action, target, reason, proposed_ms, state, decided_by, \
+             decided_ms, outcome FROM pending_actions WHERE state = 'pending' OR id IN \
+             (SELECT id FROM pending_actions WHERE state != 'pending' \
+             ORDER BY proposed_ms DESC, id DESC LIMIT ?) ORDER BY proposed_ms, id",
+        )
+        .bind(i64::try_from(DECIDED_LISTED).unwrap_or(i64::MAX))
+        .fetch_all(&mut self.connection)
+        .await
+        .map_err(|error| format!("cannot read pending actions: {error}"))?;
+        rows.iter()
+            .map(|row| -> Result<Proposal, String> {
+                let read = |error: sqlx::Error| format!("cannot read pending actions: {error}");
+                crate::approvals::from_row(
+                    row.try_get("id").map_err(read)?,
+                    row.try_get("incident_id").map_err(read)?,
+                    row.try_get::<&str, _>("action").map_err(read)?,
+                    row.try_get("target").map_err(read)?,
+                    row.try_get("reason").map_err(read)?,
+                    row.try_get("proposed_ms").map_err(read)?,
+                    row.try_get::<&str, _>("state").map_err(read)?,
+                    row.try_get("decided_by").map_err(read)?,
+                    row.try_get("decided_ms").map_err(read)?,
+                    row.try_get("outcome").map_err(read)?,
+                )
+            })
+            .collect()
+    }
+
+    async fn load_incidents(&mut self) -> Result<Vec<Record>, String> {
         let rows = sqlx::query(
             "SELECT id, check_name, state, first_seen_ms, last_changed_ms, recovered_at_ms, \
              occurrences, evidence, actions FROM incidents ORDER BY first_seen_ms DESC, id DESC LIMIT ?",
@@ -483,9 +690,35 @@ impl Store {
         Ok(records)
     }
 
-    async fn save(&mut self, records: &[Record]) -> Result<(), sqlx::Error> {
+    async fn save(&mut self, changes: &[Change]) -> Result<(), sqlx::Error> {
         let mut transaction = self.connection.begin().await?;
-        for record in records {
+        for change in changes {
+            let record = match change {
+                Change::Incident(record) => record,
+                Change::Proposal(proposal) => {
+                    sqlx::query(
+                        "INSERT INTO pending_actions (id, incident_id, action, target, reason, \
+                         proposed_ms, state, decided_by, decided_ms, outcome) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT (id) DO UPDATE SET state = excluded.state, \
+                         decided_by = excluded.decided_by, decided_ms = excluded.decided_ms, \
+                         outcome = excluded.outcome",
+                    )
+                    .bind(&proposal.id)
+                    .bind(&proposal.incident_id)
+                    .bind(proposal.action.name())
+                    .bind(&proposal.target)
+                    .bind(&proposal.reason)
+                    .bind(proposal.proposed_ms)
+                    .bind(crate::approvals::state_name(proposal.state))
+                    .bind(&proposal.decided_by)
+                    .bind(proposal.decided_ms)
+                    .bind(&proposal.outcome)
+                    .execute(&mut *transaction)
+                    .await?;
+                    continue;
+                }
+            };
             sqlx::query(
                 "INSERT INTO incidents (id, check_name, state, severity, first_seen_ms, \
                  last_changed_ms, recovered_at_ms, occurrences, evidence, actions) \
@@ -512,32 +745,33 @@ impl Store {
     }
 }
 
-/// Writes changed incidents as they come, coalescing by id; a failed write keeps them and is
-/// tried again, with the problem in `problem` (and so in `STATUS=`) until it succeeds.
+/// Writes changed incidents and proposals as they come, coalescing by id; a failed write keeps
+/// them and is tried again, with the problem in `problem` (and so in `STATUS=`) until it
+/// succeeds.
 pub async fn write_incidents(
     mut store: Option<Store>,
-    mut changes: mpsc::UnboundedReceiver<Record>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
     problem: Arc<Mutex<Option<String>>>,
     shutdown: synos_common::Shutdown,
 ) {
-    let mut dirty: BTreeMap<String, Record> = BTreeMap::new();
+    let mut dirty: BTreeMap<(bool, String), Change> = BTreeMap::new();
     loop {
         let stopping = tokio::select! {
             change = changes.recv() => match change {
-                Some(record) => { dirty.insert(record.id.clone(), record); false }
+                Some(change) => { dirty.insert(change.key(), change); false }
                 None => true,
             },
             () = tokio::time::sleep(WRITE_RETRY), if !dirty.is_empty() => false,
             () = shutdown.cancelled() => true,
         };
-        while let Ok(record) = changes.try_recv() {
-            dirty.insert(record.id.clone(), record);
+        while let Ok(change) = changes.try_recv() {
+            dirty.insert(change.key(), change);
         }
         if let Some(store) = &mut store
             && !dirty.is_empty()
         {
-            let records: Vec<Record> = dirty.values().cloned().collect();
-            let outcome = store.save(&records).await;
+            let pending: Vec<Change> = dirty.values().cloned().collect();
+            let outcome = store.save(&pending).await;
             let mut current = problem
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -551,7 +785,7 @@ pub async fn write_incidents(
                 Err(error) => {
                     let message = format!(
                         "{} incident change(s) not yet written: {error}",
-                        records.len()
+                        pending.len()
                     );
                     if current.is_none() {
                         tracing::error!(%message, "incident database");
@@ -572,7 +806,7 @@ mod tests {
 
     use super::*;
 
-    fn book() -> (Book, mpsc::UnboundedReceiver<Record>) {
+    fn book() -> (Book, mpsc::UnboundedReceiver<Change>) {
         let (writes, written) = mpsc::unbounded_channel();
         let book = Book::new(
             Thresholds {
@@ -581,7 +815,7 @@ mod tests {
                 flap_window: Duration::from_secs(600),
             },
             &["daemon:synos-memory".to_owned()],
-            Vec::new(),
+            History::default(),
             writes,
         );
         (book, written)
@@ -678,7 +912,7 @@ mod tests {
                 flap_window: Duration::from_secs(600),
             },
             &["memory".to_owned()],
-            Vec::new(),
+            History::default(),
             writes,
         );
         let see = |check: &str, ok: bool| Observation {
@@ -708,6 +942,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_proposal_waits_once_is_decided_once_and_is_kept() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&database_path(directory.path())).await.unwrap();
+        let (mut book, mut written) = book();
+        book.observe(&seen(false, 1, "down"));
+        book.observe(&seen(false, 2, "down"));
+        let incident = book.incidents(true, 1).remove(0).id;
+        let proposal = book
+            .propose(&incident, Action::DrainProvider, "remote", "failed again")
+            .unwrap();
+        assert!(
+            book.propose(&incident, Action::DrainProvider, "remote", "failed again")
+                .is_none(),
+            "the same action waits once"
+        );
+        assert_eq!(book.proposals(false).len(), 1);
+
+        book.claim(&proposal.id).unwrap();
+        let twice = book.claim(&proposal.id).unwrap_err();
+        assert_eq!(twice.code(), tonic::Code::FailedPrecondition);
+        book.release(&proposal.id);
+        book.claim(&proposal.id).unwrap();
+        let decided = book
+            .decide(
+                &proposal.id,
+                PendingState::Denied,
+                "User::\"root\"",
+                "denied: no",
+            )
+            .unwrap();
+        assert_eq!(decided.state(), PendingState::Denied);
+        assert_eq!(
+            book.claim(&proposal.id).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            book.claim("unknown").unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        assert!(book.proposals(false).is_empty());
+        assert_eq!(book.proposals(true), std::slice::from_ref(&decided));
+        let actions = &book.incidents(true, 1)[0].actions;
+        assert!(
+            actions[0].contains("asked an operator to approve: drain provider remote")
+                && actions[1]
+                    .contains("drain provider remote denied by User::\"root\": denied: no"),
+            "{actions:?}"
+        );
+
+        let changes: Vec<Change> = std::iter::from_fn(|| written.try_recv().ok()).collect();
+        store.save(&changes).await.unwrap();
+        let history = store.load().await.unwrap();
+        assert_eq!(
+            history
+                .proposals
+                .iter()
+                .map(Proposal::to_proto)
+                .collect::<Vec<_>>(),
+            [decided]
+        );
+    }
+
+    #[tokio::test]
     async fn incidents_survive_in_the_database_and_a_foreign_one_is_refused() {
         let directory = tempfile::tempdir().unwrap();
         let path = database_path(directory.path());
@@ -719,7 +1016,17 @@ mod tests {
         store.save(std::slice::from_ref(&record)).await.unwrap();
         drop(store);
         let mut reopened = Store::open(&path).await.unwrap();
-        assert_eq!(reopened.load().await.unwrap(), [record]);
+        assert_eq!(
+            reopened
+                .load()
+                .await
+                .unwrap()
+                .incidents
+                .into_iter()
+                .map(Change::Incident)
+                .collect::<Vec<_>>(),
+            [record]
+        );
 
         let foreign = directory.path().join("foreign.db");
         let mut other = SqliteConnection::connect_with(

@@ -2,6 +2,7 @@
 //! incidents (kept in SQLite across restarts), keeps `STATUS=` current, and serves
 //! `synos.doctor.v1.Doctor`.
 
+pub mod approvals;
 mod checks;
 pub mod incidents;
 pub mod providers;
@@ -20,7 +21,7 @@ use synos_proto::doctor::v1::doctor_server::DoctorServer;
 
 pub use checks::Watched;
 
-use crate::incidents::{Book, Observation, Store, Thresholds};
+use crate::incidents::{Book, History, Observation, Store, Thresholds};
 
 /// The doctor's fixed names.
 pub const IDENTITY: DaemonIdentity = DaemonIdentity {
@@ -53,6 +54,9 @@ pub struct RepairsConfig {
     pub cool_failing_providers: bool,
     /// For how long, in seconds.
     pub cool_for_s: u64,
+    /// Ask an operator to approve draining a router provider whose incident reopens (it
+    /// failed again after recovering): `synosctl doctor pending`.
+    pub propose_draining_providers: bool,
 }
 
 impl Default for RepairsConfig {
@@ -60,6 +64,7 @@ impl Default for RepairsConfig {
         Self {
             cool_failing_providers: true,
             cool_for_s: 300,
+            propose_draining_providers: true,
         }
     }
 }
@@ -281,9 +286,9 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
     let (store, history, storage_problem) = match store {
         Ok(mut store) => match store.load().await {
             Ok(history) => (Some(store), history, None),
-            Err(problem) => (None, Vec::new(), Some(problem)),
+            Err(problem) => (None, History::default(), Some(problem)),
         },
-        Err(problem) => (None, Vec::new(), Some(problem)),
+        Err(problem) => (None, History::default(), Some(problem)),
     };
     if let Some(problem) = &storage_problem {
         tracing::error!(%problem, "incidents are kept in memory only");
@@ -336,11 +341,17 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             observations.clone(),
             shutdown.clone(),
         )));
-        if config.settings.repairs.cool_failing_providers {
-            background.push(tokio::spawn(providers::cool_failing_providers(
+        let repairs = &config.settings.repairs;
+        if repairs.cool_failing_providers || repairs.propose_draining_providers {
+            background.push(tokio::spawn(providers::repair_failing_providers(
                 Arc::clone(&book),
                 router,
-                Duration::from_secs(config.settings.repairs.cool_for_s),
+                providers::Repairs {
+                    cool_for: repairs
+                        .cool_failing_providers
+                        .then(|| Duration::from_secs(repairs.cool_for_s)),
+                    propose_drain: repairs.propose_draining_providers,
+                },
                 pacing.timeout,
                 shutdown.clone(),
             )));
@@ -360,6 +371,11 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         book,
         watched,
         timeout: pacing.timeout,
+        peers: approvals::Peers {
+            policy: config.directories.socket_path("policy"),
+            router: config.directories.socket_path("llm-router"),
+            timeout: pacing.timeout,
+        },
     })
     .max_decoding_message_size(config.settings.server.max_message_bytes);
     let served = GrpcServer::new(status)

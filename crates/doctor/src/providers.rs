@@ -1,7 +1,8 @@
 //! The router's providers as checks (`provider:<name>`, every interval from `ListProviders`),
-//! and the one repair the doctor makes there: a provider whose incident opens is cooled in the
+//! and the repairs the doctor makes there: a provider whose incident opens is cooled in the
 //! router for `cool_for`, so requests stop waiting on it, and the action is written into the
-//! incident.
+//! incident; one that fails again after recovering is proposed for draining, which takes an
+//! operator's approval.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -89,12 +90,21 @@ pub async fn watch_providers(
     }
 }
 
-/// Cools each provider whose incident opens (or reopens) for `cool_for`, and records what was
-/// done in the incident.
-pub async fn cool_failing_providers(
+/// What the doctor does about a failing provider.
+#[derive(Debug, Clone, Copy)]
+pub struct Repairs {
+    /// Cool it for this long when its incident opens or reopens.
+    pub cool_for: Option<Duration>,
+    /// Propose draining it when its incident reopens: cooling did not help.
+    pub propose_drain: bool,
+}
+
+/// Cools each provider whose incident opens (or reopens) and records what was done in the
+/// incident; proposes draining one whose incident reopens, for an operator to approve.
+pub async fn repair_failing_providers(
     book: SharedBook,
     socket: PathBuf,
-    cool_for: Duration,
+    repairs: Repairs,
     timeout: Duration,
     shutdown: CancellationToken,
 ) {
@@ -112,8 +122,9 @@ pub async fn cool_failing_providers(
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
+        let kind = event.kind();
         if !matches!(
-            event.kind(),
+            kind,
             IncidentEventKind::Opened | IncidentEventKind::Reopened
         ) {
             continue;
@@ -124,25 +135,53 @@ pub async fn cool_failing_providers(
         let Some(provider) = incident.check.strip_prefix(PREFIX) else {
             continue;
         };
-        let outcome = cool(&socket, provider, cool_for, timeout).await;
-        let line = match &outcome {
-            Ok(()) => format!(
-                "told the router to cool {provider} for {} s",
-                cool_for.as_secs()
-            ),
-            Err(problem) => format!("could not tell the router to cool {provider}: {problem}"),
-        };
-        tracing::info!(incident = %incident.id, %line, "action");
-        book.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record_action(&incident.id, &line);
+        if let Some(cool_for) = repairs.cool_for {
+            let outcome = set_provider_state(
+                &socket,
+                provider,
+                ProviderAction::Cool,
+                Some(cool_for),
+                timeout,
+            )
+            .await;
+            let line = match &outcome {
+                Ok(()) => format!(
+                    "told the router to cool {provider} for {} s",
+                    cool_for.as_secs()
+                ),
+                Err(problem) => format!("could not tell the router to cool {provider}: {problem}"),
+            };
+            tracing::info!(incident = %incident.id, %line, "action");
+            book.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record_action(&incident.id, &line);
+        }
+        if repairs.propose_drain && kind == IncidentEventKind::Reopened {
+            let proposed = book
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .propose(
+                    &incident.id,
+                    crate::approvals::Action::DrainProvider,
+                    provider,
+                    &format!(
+                        "{provider} failed again after it recovered ({} times now)",
+                        incident.occurrences
+                    ),
+                );
+            if let Some(proposal) = proposed {
+                tracing::warn!(incident = %incident.id, pending = %proposal.id, "asking an operator to approve: {}", proposal.describe());
+            }
+        }
     }
 }
 
-async fn cool(
+/// Sets `provider`'s state in the router at `socket` (`cool_for` only for a cool).
+pub async fn set_provider_state(
     socket: &std::path::Path,
     provider: &str,
-    cool_for: Duration,
+    action: ProviderAction,
+    cool_for: Option<Duration>,
     timeout: Duration,
 ) -> Result<(), String> {
     let channel = synos_common::client::connect(socket, timeout)
@@ -150,8 +189,8 @@ async fn cool(
         .map_err(|error| error.to_string())?;
     let request = SetProviderStateRequest {
         name: provider.to_owned(),
-        action: ProviderAction::Cool.into(),
-        cool_for: prost_types::Duration::try_from(cool_for).ok(),
+        action: action.into(),
+        cool_for: cool_for.and_then(|cool_for| prost_types::Duration::try_from(cool_for).ok()),
     };
     match tokio::time::timeout(
         timeout,

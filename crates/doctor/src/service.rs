@@ -6,12 +6,15 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt as _};
 use synos_proto::doctor::v1::doctor_server::Doctor;
 use synos_proto::doctor::v1::{
-    CheckReport, DaemonReport, GetReportRequest, GetReportResponse, IncidentEvent,
-    ListIncidentsRequest, ListIncidentsResponse, OverallState, RunCheckRequest,
+    ApproveRequest, CheckReport, DaemonReport, DenyRequest, GetReportRequest, GetReportResponse,
+    IncidentEvent, ListIncidentsRequest, ListIncidentsResponse, ListPendingRequest,
+    ListPendingResponse, OverallState, PendingAction, PendingState, RunCheckRequest,
     WatchIncidentsRequest,
 };
+use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::approvals::{self, Peers};
 use crate::checks::{Watched, check_once};
 use crate::incidents::SharedBook;
 
@@ -23,6 +26,7 @@ pub(crate) struct DoctorService {
     pub(crate) book: SharedBook,
     pub(crate) watched: Vec<Watched>,
     pub(crate) timeout: Duration,
+    pub(crate) peers: Peers,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<IncidentEvent, Status>> + Send>>;
@@ -33,6 +37,61 @@ impl DoctorService {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Decides pending action `id` for the caller of `extensions`: authorized by policy as
+    /// `verb`, then carried out (approve) or not (deny), and recorded either way.
+    async fn decide(
+        &self,
+        peer_uid: Option<u32>,
+        id: &str,
+        verb: &str,
+        deny_reason: Option<&str>,
+    ) -> Result<PendingAction, Status> {
+        let (principal, is_root) = approvals::caller(peer_uid)?;
+        let proposal = self.book().claim(id)?;
+        let unaudited = match approvals::authorize(
+            &self.peers,
+            &principal,
+            is_root,
+            verb,
+            proposal.action,
+        )
+        .await
+        {
+            Ok(unaudited) => unaudited,
+            Err(refused) => {
+                self.book().release(id);
+                tracing::warn!(pending = %id, %principal, reason = %refused.message(), "decision refused");
+                return Err(refused);
+            }
+        };
+        let (state, mut outcome) = match deny_reason {
+            Some(reason) if reason.trim().is_empty() => {
+                (PendingState::Denied, "denied, no reason given".to_owned())
+            }
+            Some(reason) => (PendingState::Denied, format!("denied: {}", reason.trim())),
+            None => match approvals::carry_out(&self.peers, &proposal).await {
+                Ok(done) => (PendingState::Done, done),
+                Err(problem) => (PendingState::Failed, format!("failed: {problem}")),
+            },
+        };
+        if let Some(unaudited) = unaudited {
+            outcome = format!("{outcome} ({unaudited})");
+        }
+        tracing::info!(pending = %id, %principal, %outcome, "decided: {}", proposal.describe());
+        self.book()
+            .decide(id, state, &principal, &outcome)
+            .ok_or_else(|| Status::internal(format!("pending action {id} vanished")))
+    }
+}
+
+/// The uid of the process at the other end of a Unix-socket request.
+fn peer_uid<Message>(request: &Request<Message>) -> Option<u32> {
+    request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .map(|credentials| credentials.uid())
 }
 
 #[tonic::async_trait]
@@ -97,6 +156,34 @@ impl Doctor for DoctorService {
             // A reader too slow to keep up misses events, never the stream: the book has them.
             .filter_map(|event| async move { event.ok().map(Ok) });
         Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn list_pending(
+        &self,
+        request: Request<ListPendingRequest>,
+    ) -> Result<Response<ListPendingResponse>, Status> {
+        Ok(Response::new(ListPendingResponse {
+            actions: self.book().proposals(request.into_inner().include_decided),
+        }))
+    }
+
+    async fn approve(
+        &self,
+        request: Request<ApproveRequest>,
+    ) -> Result<Response<PendingAction>, Status> {
+        let peer = peer_uid(&request);
+        let id = request.into_inner().id;
+        self.decide(peer, &id, "doctor.approve", None)
+            .await
+            .map(Response::new)
+    }
+
+    async fn deny(&self, request: Request<DenyRequest>) -> Result<Response<PendingAction>, Status> {
+        let peer = peer_uid(&request);
+        let request = request.into_inner();
+        self.decide(peer, &request.id, "doctor.deny", Some(&request.reason))
+            .await
+            .map(Response::new)
     }
 
     async fn run_check(

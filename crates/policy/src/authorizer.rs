@@ -256,7 +256,7 @@ fn resource_type(action: &str) -> Option<&'static str> {
         "llm.chat" | "llm.embed" | "llm.route" => "Route",
         "tool.exec" => "Tool",
         "memory.read" | "memory.write" => "Scope",
-        "policy.reload" | "audit.read" => "System",
+        "policy.reload" | "audit.read" | "doctor.approve" | "doctor.deny" => "System",
         _ => return None,
     })
 }
@@ -294,7 +294,8 @@ impl Authorizer {
             return Err(invalid(
                 "action",
                 "unknown action; known: llm.chat, llm.embed, llm.route, tool.exec, memory.read, \
-                 memory.write, policy.reload, audit.read (a resource may follow a colon: tool.exec:ls)",
+                 memory.write, policy.reload, audit.read, doctor.approve, doctor.deny (a resource \
+                 may follow a colon: tool.exec:ls)",
             ));
         };
         let resource = match (suffix, resource.trim()) {
@@ -591,6 +592,20 @@ mod tests {
                 true,
                 &["root-administers-policy"],
             ),
+            (
+                r#"User::"alice""#,
+                "doctor.approve:drain-provider",
+                "",
+                false,
+                &[],
+            ),
+            (
+                r#"User::"root""#,
+                "doctor.deny:drain-provider",
+                "",
+                true,
+                &["root-decides-the-doctors-queue"],
+            ),
         ];
         for (principal, action, resource, allowed, policies) in cases {
             let (decided, determining) = decide(&authorizer, principal, action, resource);
@@ -613,7 +628,7 @@ mod tests {
             ("50-local.cedar".to_owned(), custom.to_owned()),
         ])
         .unwrap();
-        assert_eq!(files.policy_count(), 14);
+        assert_eq!(files.policy_count(), 15);
         let authorizer = Authorizer::new(files, tools());
         assert_eq!(
             decide(&authorizer, r#"User::"bob""#, "tool.exec", r#"Tool::"rm""#),

@@ -465,3 +465,228 @@ async fn a_full_state_disk_loses_no_incident_and_does_not_stop_the_watch() {
         (incident.id.as_str(), IncidentState::Recovered)
     );
 }
+
+/// Waits up to `within` for `kind` on the doctor's incident stream, skipping other events.
+async fn event_of_kind(
+    events: &mut Streaming<IncidentEvent>,
+    kind: IncidentEventKind,
+    within: Duration,
+) -> IncidentEvent {
+    let deadline = Instant::now() + within;
+    loop {
+        let event = next_event(events, deadline.saturating_duration_since(Instant::now())).await;
+        if event.kind() == kind {
+            return event;
+        }
+    }
+}
+
+/// The doctor's pending actions as `synosctl doctor pending --json` prints them.
+async fn pending_json(sandbox: &Sandbox, all: bool) -> Vec<serde_json::Value> {
+    let mut arguments = vec!["doctor", "pending", "--json"];
+    if all {
+        arguments.push("--all");
+    }
+    let (code, stdout, stderr) = sandbox.synosctl(&arguments).await;
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// A provider that fails, is cooled, recovers when the cool ends, and fails again (the cool
+/// did not help): its incident's reopening.
+async fn fail_again(
+    router: &mut synos_proto::llm::v1::router_client::RouterClient<Channel>,
+    events: &mut Streaming<IncidentEvent>,
+) -> IncidentEvent {
+    use synos_proto::llm::v1::{ChatMessage, ChatRequest};
+    let ask = || ChatRequest {
+        messages: vec![ChatMessage {
+            role: "user".to_owned(),
+            content: "Hello?".to_owned(),
+        }],
+        ..ChatRequest::default()
+    };
+    let refused = router.chat(ask()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    event_of_kind(events, IncidentEventKind::Recovered, Duration::from_secs(5)).await;
+    let refused = router.chat(ask()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    event_of_kind(events, IncidentEventKind::Reopened, Duration::from_secs(5)).await
+}
+
+#[tokio::test]
+async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decides() {
+    use synos_integration_tests::stand_in::{Behaviour, StandIn};
+    use synos_proto::llm::v1::router_client::RouterClient;
+    use synos_proto::llm::v1::{ListProvidersRequest, ProviderState};
+    use synos_proto::policy::v1::QueryAuditRequest;
+    use synos_proto::policy::v1::policy_client::PolicyClient;
+    let remote = StandIn::start("remote").await;
+    remote.script([], Behaviour::Status(503, None));
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "llm-router",
+        &(remote.provider_block("remote", "")
+            + "\n[[route]]\nname = \"default\"\nretries = 0\nlast_resort = \"\"\n\
+               chain = [{ provider = \"remote\", model = \"m\" }]\n"),
+    );
+    // Cooled for a second only, so the provider recovers and can fail again.
+    sandbox.write_config(
+        "doctor",
+        "[watch]\ndaemons = [\"llm-router\"]\ninterval_ms = 200\n\n[repairs]\ncool_for_s = 1\n",
+    );
+    let mut policy = sandbox.start("policy").await;
+    let _router = sandbox.start("llm-router").await;
+    let _doctor = sandbox.start("doctor").await;
+    let mut doctor = doctor(&sandbox).await;
+    all_serving(&mut doctor, Duration::from_secs(5)).await;
+    let mut events = doctor
+        .watch_incidents(WatchIncidentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut router = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    let reopened = fail_again(&mut router, &mut events).await.incident.unwrap();
+    assert_eq!(reopened.check, "provider:remote");
+    let proposed = loop {
+        let pending = pending_json(&sandbox, false).await;
+        if let Some(first) = pending.into_iter().next() {
+            break first;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (&proposed["action"], &proposed["target"], &proposed["state"]),
+        (
+            &"drain-provider".into(),
+            &"remote".into(),
+            &"pending".into()
+        )
+    );
+    assert_eq!(proposed["incident"], reopened.id.as_str());
+    let first_id = proposed["id"].as_str().unwrap().to_owned();
+
+    // Denied, with policy's word (and audit): nothing happens to the provider.
+    let (code, stdout, stderr) = sandbox
+        .synosctl(&[
+            "doctor",
+            "deny",
+            &first_id,
+            "--reason",
+            "the network is being moved",
+        ])
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "drain-provider remote: denied: the network is being moved"
+    );
+    let (code, _, stderr) = sandbox.synosctl(&["doctor", "approve", &first_id]).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("already decided: denied by User::\"root\""),
+        "{stderr}"
+    );
+    let (code, _, stderr) = sandbox.synosctl(&["doctor", "approve", "no-such-id"]).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("no pending action \"no-such-id\""),
+        "{stderr}"
+    );
+    let remote_state = |providers: Vec<synos_proto::llm::v1::Provider>| {
+        providers
+            .into_iter()
+            .find(|provider| provider.name == "remote")
+            .unwrap()
+            .state()
+    };
+    let providers = router
+        .list_providers(ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .providers;
+    assert_ne!(remote_state(providers), ProviderState::Drained);
+    let mut policy_client = PolicyClient::new(channel(&sandbox.socket("policy")).await);
+    let audited: Vec<(String, String, String)> = policy_client
+        .query_audit(QueryAuditRequest {
+            limit: 100,
+            ..QueryAuditRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .records
+        .into_iter()
+        .filter(|record| record.action.starts_with("doctor."))
+        .map(|record| (record.principal, record.action, record.outcome))
+        .collect();
+    assert_eq!(
+        audited,
+        [(
+            "User::\"root\"".to_owned(),
+            "doctor.deny:drain-provider".to_owned(),
+            "allow".to_owned()
+        )]
+    );
+
+    // Again, and approved by root while policy is down: carried out, and said to be unaudited.
+    policy.signal(Signal::SIGTERM);
+    policy.wait_exit(Duration::from_secs(10)).await.unwrap();
+    fail_again(&mut router, &mut events).await;
+    let second = loop {
+        let pending = pending_json(&sandbox, false).await;
+        if let Some(first) = pending.into_iter().next() {
+            break first;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let second_id = second["id"].as_str().unwrap().to_owned();
+    assert_ne!(second_id, first_id);
+    let (code, stdout, stderr) = sandbox.synosctl(&["doctor", "approve", &second_id]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("drain-provider remote: told the router to drain remote")
+            && stdout.contains("unaudited: the policy daemon was unreachable"),
+        "{stdout}"
+    );
+    let providers = router
+        .list_providers(ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .providers;
+    assert_eq!(remote_state(providers), ProviderState::Drained);
+    assert!(pending_json(&sandbox, false).await.is_empty());
+    let decided = pending_json(&sandbox, true).await;
+    let states: Vec<(&str, &str)> = decided
+        .iter()
+        .map(|action| {
+            (
+                action["state"].as_str().unwrap(),
+                action["decided_by"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("denied", "User::\"root\""), ("done", "User::\"root\"")]
+    );
+    let incident = doctor
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents
+        .into_iter()
+        .find(|incident| incident.id == reopened.id)
+        .unwrap();
+    assert!(
+        incident
+            .actions
+            .iter()
+            .any(|line| line.contains("drain provider remote approved by User::\"root\"")),
+        "{:?}",
+        incident.actions
+    );
+}

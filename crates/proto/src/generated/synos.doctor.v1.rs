@@ -109,6 +109,61 @@ pub struct RunCheckRequest {
     #[prost(string, tag = "1")]
     pub check: ::prost::alloc::string::String,
 }
+/// An action that waits for an operator's approval.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PendingAction {
+    /// e.g. "0190f3c2-…" (a UUIDv7: ordered by time).
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// The incident that called for it.
+    #[prost(string, tag = "2")]
+    pub incident_id: ::prost::alloc::string::String,
+    /// What would be done: "drain-provider".
+    #[prost(string, tag = "3")]
+    pub action: ::prost::alloc::string::String,
+    /// To what: a provider's name.
+    #[prost(string, tag = "4")]
+    pub target: ::prost::alloc::string::String,
+    /// Why the doctor proposes it.
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "6")]
+    pub proposed: ::core::option::Option<::prost_types::Timestamp>,
+    #[prost(enumeration = "PendingState", tag = "7")]
+    pub state: i32,
+    /// Who approved or denied it, as a Cedar principal, e.g. `User::"root"`.
+    #[prost(string, tag = "8")]
+    pub decided_by: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "9")]
+    pub decided: ::core::option::Option<::prost_types::Timestamp>,
+    /// What happened when it was carried out, or why it was denied.
+    #[prost(string, tag = "10")]
+    pub outcome: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListPendingRequest {
+    /// Also those already approved or denied (the newest 100).
+    #[prost(bool, tag = "1")]
+    pub include_decided: bool,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListPendingResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub actions: ::prost::alloc::vec::Vec<PendingAction>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ApproveRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DenyRequest {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Why, for the record.
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum OverallState {
@@ -308,6 +363,43 @@ impl IncidentEventKind {
         }
     }
 }
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum PendingState {
+    Unspecified = 0,
+    Pending = 1,
+    /// Approved and carried out.
+    Done = 2,
+    /// Approved, but carrying it out failed (see `outcome`).
+    Failed = 3,
+    Denied = 4,
+}
+impl PendingState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "PENDING_STATE_UNSPECIFIED",
+            Self::Pending => "PENDING_STATE_PENDING",
+            Self::Done => "PENDING_STATE_DONE",
+            Self::Failed => "PENDING_STATE_FAILED",
+            Self::Denied => "PENDING_STATE_DENIED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PENDING_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "PENDING_STATE_PENDING" => Some(Self::Pending),
+            "PENDING_STATE_DONE" => Some(Self::Done),
+            "PENDING_STATE_FAILED" => Some(Self::Failed),
+            "PENDING_STATE_DENIED" => Some(Self::Denied),
+            _ => None,
+        }
+    }
+}
 /// Generated client implementations.
 pub mod doctor_client {
     #![allow(
@@ -486,6 +578,79 @@ pub mod doctor_client {
                 .insert(GrpcMethod::new("synos.doctor.v1.Doctor", "RunCheck"));
             self.inner.unary(req, path, codec).await
         }
+        /// Actions the doctor may not take on its own, waiting for an operator (and, when asked,
+        /// those already decided), oldest first.
+        pub async fn list_pending(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListPendingRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListPendingResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synos.doctor.v1.Doctor/ListPending",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synos.doctor.v1.Doctor", "ListPending"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Carries out a pending action. The caller (its user, from the socket's peer credentials)
+        /// must be allowed `doctor.approve` by the policy daemon, which audits the decision; while
+        /// policy cannot be reached only root may approve. PERMISSION_DENIED when refused,
+        /// NOT_FOUND for an unknown id, FAILED_PRECONDITION when it was already decided.
+        pub async fn approve(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ApproveRequest>,
+        ) -> std::result::Result<tonic::Response<super::PendingAction>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synos.doctor.v1.Doctor/Approve",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synos.doctor.v1.Doctor", "Approve"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Refuses a pending action, authorized like Approve (`doctor.deny`).
+        pub async fn deny(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DenyRequest>,
+        ) -> std::result::Result<tonic::Response<super::PendingAction>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/synos.doctor.v1.Doctor/Deny",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("synos.doctor.v1.Doctor", "Deny"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -537,6 +702,28 @@ pub mod doctor_server {
             &self,
             request: tonic::Request<super::RunCheckRequest>,
         ) -> std::result::Result<tonic::Response<super::CheckReport>, tonic::Status>;
+        /// Actions the doctor may not take on its own, waiting for an operator (and, when asked,
+        /// those already decided), oldest first.
+        async fn list_pending(
+            &self,
+            request: tonic::Request<super::ListPendingRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListPendingResponse>,
+            tonic::Status,
+        >;
+        /// Carries out a pending action. The caller (its user, from the socket's peer credentials)
+        /// must be allowed `doctor.approve` by the policy daemon, which audits the decision; while
+        /// policy cannot be reached only root may approve. PERMISSION_DENIED when refused,
+        /// NOT_FOUND for an unknown id, FAILED_PRECONDITION when it was already decided.
+        async fn approve(
+            &self,
+            request: tonic::Request<super::ApproveRequest>,
+        ) -> std::result::Result<tonic::Response<super::PendingAction>, tonic::Status>;
+        /// Refuses a pending action, authorized like Approve (`doctor.deny`).
+        async fn deny(
+            &self,
+            request: tonic::Request<super::DenyRequest>,
+        ) -> std::result::Result<tonic::Response<super::PendingAction>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct DoctorServer<T> {
@@ -776,6 +963,137 @@ pub mod doctor_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RunCheckSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synos.doctor.v1.Doctor/ListPending" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListPendingSvc<T: Doctor>(pub Arc<T>);
+                    impl<
+                        T: Doctor,
+                    > tonic::server::UnaryService<super::ListPendingRequest>
+                    for ListPendingSvc<T> {
+                        type Response = super::ListPendingResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListPendingRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Doctor>::list_pending(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListPendingSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synos.doctor.v1.Doctor/Approve" => {
+                    #[allow(non_camel_case_types)]
+                    struct ApproveSvc<T: Doctor>(pub Arc<T>);
+                    impl<T: Doctor> tonic::server::UnaryService<super::ApproveRequest>
+                    for ApproveSvc<T> {
+                        type Response = super::PendingAction;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ApproveRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Doctor>::approve(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ApproveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/synos.doctor.v1.Doctor/Deny" => {
+                    #[allow(non_camel_case_types)]
+                    struct DenySvc<T: Doctor>(pub Arc<T>);
+                    impl<T: Doctor> tonic::server::UnaryService<super::DenyRequest>
+                    for DenySvc<T> {
+                        type Response = super::PendingAction;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DenyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Doctor>::deny(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DenySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
