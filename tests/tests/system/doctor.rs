@@ -149,12 +149,33 @@ async fn a_death_is_an_incident_within_2_s_and_a_flapping_daemon_stays_one_incid
     assert_eq!(listed[0]["occurrences"], 2);
 }
 
+/// Stops the doctor, starts it again, and lists the incidents the new one knows.
+async fn restart_doctor(
+    sandbox: &Sandbox,
+    mut running: synos_integration_tests::Daemon,
+) -> (
+    synos_integration_tests::Daemon,
+    Vec<synos_proto::doctor::v1::Incident>,
+) {
+    running.signal(Signal::SIGTERM);
+    running.wait_exit(Duration::from_secs(5)).await.unwrap();
+    let restarted = sandbox.start("doctor").await;
+    let kept = doctor(sandbox)
+        .await
+        .list_incidents(ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    (restarted, kept)
+}
+
 #[tokio::test]
 async fn history_survives_the_doctors_restart_and_run_check_counts() {
     let sandbox = Sandbox::new();
     sandbox.write_config("doctor", "[watch]\ndaemons = [\"memory\"]\n");
     let mut memory = sandbox.start("memory").await;
-    let mut doctor_daemon = sandbox.start("doctor").await;
+    let doctor_daemon = sandbox.start("doctor").await;
     let mut doctor_client = doctor(&sandbox).await;
     all_serving(&mut doctor_client, Duration::from_secs(5)).await;
     memory.signal(Signal::SIGKILL);
@@ -178,20 +199,8 @@ async fn history_survives_the_doctors_restart_and_run_check_counts() {
     };
     // The writer needs a moment after the event; then the doctor goes down.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    doctor_daemon.signal(Signal::SIGTERM);
-    doctor_daemon
-        .wait_exit(Duration::from_secs(5))
-        .await
-        .unwrap();
-
-    let _doctor_daemon = sandbox.start("doctor").await;
+    let (_doctor_daemon, kept) = restart_doctor(&sandbox, doctor_daemon).await;
     let mut doctor_client = doctor(&sandbox).await;
-    let kept = doctor_client
-        .list_incidents(ListIncidentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .incidents;
     assert_eq!(kept.len(), 1);
     assert_eq!(
         (kept[0].id.as_str(), kept[0].state()),
@@ -276,11 +285,12 @@ async fn a_full_disk_is_an_incident_that_recovers_when_space_returns() {
     assert_eq!(recovered.incident.unwrap().id, incident.id);
 }
 
-#[tokio::test]
-async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
+/// A router over one remote provider, a stand-in that answers 503 to everything, and a doctor
+/// watching it every 200 ms with `doctor_extra` configuration; nothing started yet.
+async fn failing_provider(
+    doctor_extra: &str,
+) -> (synos_integration_tests::stand_in::StandIn, Sandbox) {
     use synos_integration_tests::stand_in::{Behaviour, StandIn};
-    use synos_proto::llm::v1::router_client::RouterClient;
-    use synos_proto::llm::v1::{ChatMessage, ChatRequest, ListProvidersRequest, ProviderState};
     let remote = StandIn::start("remote").await;
     remote.script([], Behaviour::Status(503, None));
     let sandbox = Sandbox::new();
@@ -292,8 +302,28 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
     );
     sandbox.write_config(
         "doctor",
-        "[watch]\ndaemons = [\"llm-router\"]\ninterval_ms = 200\n",
+        &format!("[watch]\ndaemons = [\"llm-router\"]\ninterval_ms = 200\n{doctor_extra}"),
     );
+    (remote, sandbox)
+}
+
+/// A one-line chat request.
+fn hello() -> synos_proto::llm::v1::ChatRequest {
+    use synos_proto::llm::v1::{ChatMessage, ChatRequest};
+    ChatRequest {
+        messages: vec![ChatMessage {
+            role: "user".to_owned(),
+            content: "Hello?".to_owned(),
+        }],
+        ..ChatRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
+    use synos_proto::llm::v1::router_client::RouterClient;
+    use synos_proto::llm::v1::{ListProvidersRequest, ProviderState};
+    let (_remote, sandbox) = failing_provider("").await;
     let _router = sandbox.start("llm-router").await;
     let _doctor = sandbox.start("doctor").await;
     let mut doctor = doctor(&sandbox).await;
@@ -304,16 +334,7 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
         .unwrap()
         .into_inner();
     let mut router = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
-    let refused = router
-        .chat(ChatRequest {
-            messages: vec![ChatMessage {
-                role: "user".to_owned(),
-                content: "Hello?".to_owned(),
-            }],
-            ..ChatRequest::default()
-        })
-        .await
-        .unwrap_err();
+    let refused = router.chat(hello()).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
 
     let opened = next_event(&mut events, Duration::from_secs(3)).await;
@@ -391,7 +412,7 @@ async fn a_full_state_disk_loses_no_incident_and_does_not_stop_the_watch() {
             state.0.display()
         ),
     );
-    let mut doctor_daemon = sandbox.start("doctor").await;
+    let doctor_daemon = sandbox.start("doctor").await;
     let mut doctor_client = doctor(&sandbox).await;
     let mut events = doctor_client
         .watch_incidents(WatchIncidentsRequest {})
@@ -445,20 +466,7 @@ async fn a_full_state_disk_loses_no_incident_and_does_not_stop_the_watch() {
         assert!(Instant::now() < deadline, "still unwritten: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    doctor_daemon.signal(Signal::SIGTERM);
-    doctor_daemon
-        .wait_exit(Duration::from_secs(5))
-        .await
-        .unwrap();
-
-    let _doctor_daemon = sandbox.start("doctor").await;
-    let kept = doctor(&sandbox)
-        .await
-        .list_incidents(ListIncidentsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .incidents;
+    let (_doctor_daemon, kept) = restart_doctor(&sandbox, doctor_daemon).await;
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(
         (kept[0].id.as_str(), kept[0].state()),
@@ -498,43 +506,22 @@ async fn fail_again(
     router: &mut synos_proto::llm::v1::router_client::RouterClient<Channel>,
     events: &mut Streaming<IncidentEvent>,
 ) -> IncidentEvent {
-    use synos_proto::llm::v1::{ChatMessage, ChatRequest};
-    let ask = || ChatRequest {
-        messages: vec![ChatMessage {
-            role: "user".to_owned(),
-            content: "Hello?".to_owned(),
-        }],
-        ..ChatRequest::default()
-    };
-    let refused = router.chat(ask()).await.unwrap_err();
+    let refused = router.chat(hello()).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
     event_of_kind(events, IncidentEventKind::Recovered, Duration::from_secs(5)).await;
-    let refused = router.chat(ask()).await.unwrap_err();
+    let refused = router.chat(hello()).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
     event_of_kind(events, IncidentEventKind::Reopened, Duration::from_secs(5)).await
 }
 
 #[tokio::test]
 async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decides() {
-    use synos_integration_tests::stand_in::{Behaviour, StandIn};
     use synos_proto::llm::v1::router_client::RouterClient;
     use synos_proto::llm::v1::{ListProvidersRequest, ProviderState};
     use synos_proto::policy::v1::QueryAuditRequest;
     use synos_proto::policy::v1::policy_client::PolicyClient;
-    let remote = StandIn::start("remote").await;
-    remote.script([], Behaviour::Status(503, None));
-    let sandbox = Sandbox::new();
-    sandbox.write_config(
-        "llm-router",
-        &(remote.provider_block("remote", "")
-            + "\n[[route]]\nname = \"default\"\nretries = 0\nlast_resort = \"\"\n\
-               chain = [{ provider = \"remote\", model = \"m\" }]\n"),
-    );
     // Cooled for a second only, so the provider recovers and can fail again.
-    sandbox.write_config(
-        "doctor",
-        "[watch]\ndaemons = [\"llm-router\"]\ninterval_ms = 200\n\n[repairs]\ncool_for_s = 1\n",
-    );
+    let (_remote, sandbox) = failing_provider("\n[repairs]\ncool_for_s = 1\n").await;
     let mut policy = sandbox.start("policy").await;
     let _router = sandbox.start("llm-router").await;
     let _doctor = sandbox.start("doctor").await;

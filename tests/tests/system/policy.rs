@@ -461,6 +461,16 @@ async fn synosctl_screens_redacts_and_verifies_the_audit_log() {
     drop(daemon);
 }
 
+/// Asserts that the audit chain verifies from its first record to its head.
+async fn assert_audit_intact(client: &mut PolicyClient<Channel>) {
+    let verification = client
+        .verify_audit(VerifyAuditRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verification.intact, "{verification:?}");
+}
+
 /// A ScreenPrompt request for `text`, sent by `principal` to do `action`.
 fn prompt(principal: &str, action: &str, text: &str) -> ScreenPromptRequest {
     ScreenPromptRequest {
@@ -637,14 +647,7 @@ async fn screen_prompt_early_answers_first_and_confirms_the_commit_after() {
     half.authorization = None;
     let error = client.screen_prompt_early(half).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
-    assert!(
-        client
-            .verify_audit(VerifyAuditRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .intact
-    );
+    assert_audit_intact(&mut client).await;
 }
 
 #[tokio::test]
@@ -697,14 +700,7 @@ async fn a_full_audit_disk_refuses_every_decision_until_space_returns() {
     );
     let status = status_line(&sandbox.socket("policy")).await;
     assert!(status.starts_with("serving;"), "{status}");
-    assert!(
-        client
-            .verify_audit(VerifyAuditRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .intact
-    );
+    assert_audit_intact(&mut client).await;
 }
 
 #[tokio::test]
@@ -759,14 +755,7 @@ async fn screen_prompt_authorizes_then_screens_and_records_both_together() {
     half.screening = None;
     let error = client.screen_prompt(half).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
-    assert!(
-        client
-            .verify_audit(VerifyAuditRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .intact
-    );
+    assert_audit_intact(&mut client).await;
 }
 
 #[tokio::test]
