@@ -130,6 +130,19 @@ for daemon in "${DAEMONS[@]}"; do
   check "synos-$daemon.socket active" wait_active "synos-$daemon.socket"
   check "synos-$daemon.service active" wait_active "synos-$daemon.service"
 done
+check "synos-doctor-metrics.socket active" wait_active synos-doctor-metrics.socket
+metrics_scrape() {
+  # Plain bash: the container has no HTTP client, and the doctor's unit keeps
+  # PrivateNetwork=yes, accepting on the socket systemd passes it.
+  inside bash -c 'exec 3<>/dev/tcp/127.0.0.1/9477 &&
+    printf "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n" >&3 && cat <&3' >"$work/metrics.txt" ||
+    return 1
+  for daemon in llm-router memory hwaccel policy; do
+    grep -q "synos_doctor_scrape_up{daemon=\"synos-$daemon\"} 1" "$work/metrics.txt" || return 1
+  done
+  grep -q '^# TYPE synos_memory_' "$work/metrics.txt" && grep -q '^# TYPE synos_doctor_open_incidents' "$work/metrics.txt"
+}
+check "one scrape target on 127.0.0.1:9477: the doctor's and every daemon's metrics" metrics_scrape
 check "no failed units" bash -c "[ -z \"\$(nsenter -t $container_pid -m -u -i -n -p -- systemctl list-units --failed --plain --no-legend)\" ]"
 
 inside usermod --append --groups synos alice

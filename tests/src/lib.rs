@@ -151,8 +151,10 @@ impl Sandbox {
             .env("SYNOS_STATE_DIR", self.state_dir())
             .env("SYNOS_MODEL_DIR", model_directory())
             .env("RUST_LOG", "info")
-            // Tests run in parallel: the router's HTTP endpoint takes a free port, not 7311.
+            // Tests run in parallel: the router's HTTP endpoint and the doctor's metrics
+            // endpoint take free ports, not 7311 and 9477.
             .env("SYNOS_LLM_ROUTER_HTTP__LISTEN", "127.0.0.1:0")
+            .env("SYNOS_DOCTOR_METRICS__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null());
         for variable in [
             "NOTIFY_SOCKET",

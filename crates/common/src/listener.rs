@@ -100,12 +100,33 @@ pub struct ListenPlan {
     pub socket: PathBuf,
     /// An optional loopback TCP address.
     pub tcp: Option<std::net::SocketAddr>,
+    /// Names (`FileDescriptorName=`) of passed TCP sockets the daemon serves itself, such as
+    /// an HTTP endpoint, rather than gRPC.
+    pub set_aside: Vec<&'static str>,
+}
+
+/// The listeners a daemon got.
+#[derive(Debug, Default)]
+pub struct Acquired {
+    /// Those that serve gRPC.
+    pub grpc: Vec<Listener>,
+    /// Passed TCP sockets named in [`ListenPlan::set_aside`], by name.
+    pub set_aside: Vec<(String, tokio::net::TcpListener)>,
 }
 
 /// Takes the listeners passed by systemd (`LISTEN_FDS`, `LISTEN_FDNAMES`) or binds the plan's.
 /// A Unix socket passed by systemd replaces binding the path; a TCP one replaces `plan.tcp`.
-pub fn acquire(plan: &ListenPlan) -> Result<Vec<Listener>, ListenError> {
-    let mut listeners = inherited()?;
+pub fn acquire(plan: &ListenPlan) -> Result<Acquired, ListenError> {
+    let mut listeners = Vec::new();
+    let mut set_aside = Vec::new();
+    for (name, listener) in inherited()? {
+        match listener {
+            Listener::Tcp(listener) if plan.set_aside.contains(&name.as_str()) => {
+                set_aside.push((name, listener));
+            }
+            listener => listeners.push(listener),
+        }
+    }
     let has_unix = listeners
         .iter()
         .any(|listener| matches!(listener, Listener::Unix { .. }));
@@ -126,14 +147,19 @@ pub fn acquire(plan: &ListenPlan) -> Result<Vec<Listener>, ListenError> {
             tokio::net::TcpListener::from_std(listener).map_err(bind_error)?,
         ));
     }
-    Ok(listeners)
+    Ok(Acquired {
+        grpc: listeners,
+        set_aside,
+    })
 }
 
-fn inherited() -> Result<Vec<Listener>, ListenError> {
+fn inherited() -> Result<Vec<(String, Listener)>, ListenError> {
     let passed = sd_notify::listen_fds_with_names().map_err(|error| {
         ListenError::Activation(format!("invalid LISTEN_* environment: {error}"))
     })?;
-    passed.map(|(fd, name)| adopt(fd, &name)).collect()
+    passed
+        .map(|(fd, name)| adopt(fd, &name).map(|listener| (name, listener)))
+        .collect()
 }
 
 fn adopt(fd: RawFd, name: &str) -> Result<Listener, ListenError> {
@@ -240,6 +266,7 @@ mod tests {
         ListenPlan {
             socket: path.to_path_buf(),
             tcp: None,
+            set_aside: Vec::new(),
         }
     }
 
@@ -247,7 +274,7 @@ mod tests {
     async fn binds_creates_parent_and_removes_on_drop() {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("deep/er/test.sock");
-        let listeners = acquire(&plan(&path)).unwrap();
+        let listeners = acquire(&plan(&path)).unwrap().grpc;
         assert!(crate::identity::is_socket(&path));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
@@ -261,7 +288,7 @@ mod tests {
         let path = root.path().join("test.sock");
         // A stale socket: bound, then its listener closed without removing the file.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let live = acquire(&plan(&path)).unwrap();
+        let live = acquire(&plan(&path)).unwrap().grpc;
         let error = acquire(&plan(&path)).unwrap_err();
         assert!(matches!(error, ListenError::AlreadyServing(_)), "{error}");
         assert_eq!(error.exit_code(), exit::UNAVAILABLE);

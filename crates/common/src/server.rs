@@ -1,5 +1,6 @@
 //! The gRPC server every daemon runs: its own services plus health, reflection and admin,
-//! on every listener, with readiness after binding and a bounded drain on shutdown.
+//! on every listener, with readiness after binding and a bounded drain on shutdown; and a
+//! daemon's plain HTTP endpoint, when it has one, on a socket systemd passes or it binds.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,6 +33,16 @@ pub struct GrpcServer {
     status: StatusLine,
     metrics: Arc<Registry>,
     other_listeners: Vec<String>,
+    http: Option<HttpEndpoint>,
+}
+
+/// A plain HTTP endpoint the server runs beside gRPC.
+struct HttpEndpoint {
+    /// The `FileDescriptorName=` of its socket when systemd passes one.
+    fd_name: &'static str,
+    /// What to bind otherwise; `None`: only when systemd passes it.
+    address: Option<std::net::SocketAddr>,
+    app: axum::Router,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -57,7 +68,25 @@ impl GrpcServer {
             status,
             metrics: Arc::new(Registry::default()),
             other_listeners: Vec::new(),
+            http: None,
         }
+    }
+
+    /// Serves `app` over plain HTTP on the TCP socket systemd passes as `fd_name`, else on
+    /// `address` (`None`: not without systemd). A bind that fails leaves gRPC serving, with the
+    /// reason logged and listed in `Admin.GetInfo`.
+    pub fn http(
+        mut self,
+        fd_name: &'static str,
+        address: Option<std::net::SocketAddr>,
+        app: axum::Router,
+    ) -> Self {
+        self.http = Some(HttpEndpoint {
+            fd_name,
+            address,
+            app,
+        });
+        self
     }
 
     /// The registry `Admin.GetMetrics` encodes; empty unless the daemon sets one.
@@ -114,8 +143,12 @@ impl GrpcServer {
         let plan = ListenPlan {
             socket: config.socket_path(),
             tcp: server_config.tcp_listen,
+            set_aside: self.http.iter().map(|http| http.fd_name).collect(),
         };
-        let listeners = listener::acquire(&plan)?;
+        let listener::Acquired {
+            grpc: listeners,
+            set_aside,
+        } = listener::acquire(&plan)?;
         let Self {
             mut routes,
             health,
@@ -123,8 +156,15 @@ impl GrpcServer {
             not_serving,
             status,
             metrics,
-            other_listeners,
+            mut other_listeners,
+            http,
         } = self;
+        let mut servers = Vec::new();
+        if let Some(http) = http {
+            let (description, served) = serve_http(http, set_aside, shutdown.clone()).await;
+            other_listeners.push(description);
+            servers.extend(served);
+        }
         let descriptions: Vec<String> = listeners
             .iter()
             .map(Listener::describe)
@@ -187,12 +227,9 @@ impl GrpcServer {
         health
             .set_service_status("", initial_status(not_serving.is_empty()))
             .await;
-        let servers: Vec<_> = listeners
-            .into_iter()
-            .map(|listener| {
-                tokio::spawn(serve_listener(listener, routes.clone(), shutdown.clone()))
-            })
-            .collect();
+        servers.extend(listeners.into_iter().map(|listener| {
+            tokio::spawn(serve_listener(listener, routes.clone(), shutdown.clone()))
+        }));
         tracing::info!(listeners = ?descriptions, config = %config.source, "serving");
         systemd::spawn_watchdog(shutdown.clone());
         systemd::notify_ready(&status.get());
@@ -215,6 +252,42 @@ impl GrpcServer {
         }
         Ok(())
     }
+}
+
+/// Starts `http` on its passed socket or its address; how it is listed, and its task.
+async fn serve_http(
+    http: HttpEndpoint,
+    set_aside: Vec<(String, tokio::net::TcpListener)>,
+    shutdown: CancellationToken,
+) -> (String, Option<tokio::task::JoinHandle<()>>) {
+    let passed = set_aside
+        .into_iter()
+        .find_map(|(name, listener)| (name == http.fd_name).then_some(listener));
+    let listener = match (passed, http.address) {
+        (Some(listener), _) => listener,
+        (None, None) => return ("http: off (no socket passed)".to_owned(), None),
+        (None, Some(address)) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                // gRPC still serves: degrade, and say so, rather than refuse to start.
+                tracing::error!(%address, %error, "cannot listen for HTTP; that endpoint is off");
+                return (format!("http: off ({address}: {error})"), None);
+            }
+        },
+    };
+    let description = listener.local_addr().map_or_else(
+        |_| "http://?".to_owned(),
+        |address| format!("http://{address}"),
+    );
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, http.app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "HTTP endpoint stopped");
+        }
+    });
+    (description, Some(task))
 }
 
 async fn serve_listener(listener: Listener, routes: Routes, shutdown: CancellationToken) {

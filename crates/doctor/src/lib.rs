@@ -5,6 +5,7 @@
 pub mod approvals;
 mod checks;
 pub mod incidents;
+pub mod metrics;
 pub mod providers;
 pub mod resources;
 mod service;
@@ -44,6 +45,33 @@ pub struct Config {
     pub resources: ResourcesConfig,
     /// What the doctor repairs on its own.
     pub repairs: RepairsConfig,
+    /// The host's Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` serves the doctor's and every watched daemon's metrics when
+    /// systemd passes no socket (under systemd, synos-doctor-metrics.socket owns it); "" for
+    /// off. Loopback only.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9477".to_owned(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to bind, `None` when off.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// The `[repairs]` section.
@@ -231,6 +259,20 @@ impl Settings for Config {
                 "must be between 1 and 86400",
             ));
         }
+        if !self.metrics.listen.is_empty() {
+            match self.metrics.address() {
+                None => problems.push(Problem::new(
+                    "metrics.listen",
+                    "must be an IP address and port such as 127.0.0.1:9477, or \"\" for off",
+                )),
+                Some(address) if !address.ip().is_loopback() => problems.push(Problem::new(
+                    "metrics.listen",
+                    "must be a loopback address (127.0.0.0/8 or ::1): daemons are not exposed \
+                     to the network",
+                )),
+                Some(_) => {}
+            }
+        }
         if self.watch.flap_window_s > 7 * 86_400 {
             problems.push(Problem::new(
                 "watch.flap_window_s",
@@ -311,6 +353,8 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         &write_problem,
     ));
 
+    let (doctor_metrics, registry) = metrics::DoctorMetrics::new();
+    let registry = Arc::new(registry);
     let (observations, observed) = tokio::sync::mpsc::channel(256);
     let mut background = vec![tokio::spawn(incidents::write_incidents(
         store,
@@ -362,10 +406,19 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         observed,
         Arc::clone(&book),
         status.clone(),
+        doctor_metrics,
         storage_problem,
         write_problem,
         pacing.heartbeat,
     )));
+    let scrape = metrics::Scrape {
+        registry: Arc::clone(&registry),
+        daemons: watched
+            .iter()
+            .map(|daemon| (daemon.binary, daemon.socket.clone()))
+            .collect(),
+        timeout: pacing.timeout,
+    };
 
     let doctor = DoctorServer::new(service::DoctorService {
         book,
@@ -379,6 +432,12 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
     })
     .max_decoding_message_size(config.settings.server.max_message_bytes);
     let served = GrpcServer::new(status)
+        .metrics(registry)
+        .http(
+            metrics::FD_NAME,
+            config.settings.metrics.address(),
+            metrics::app(scrape),
+        )
         .add_service(doctor)
         .serve(&config, shutdown.clone())
         .await;
@@ -395,6 +454,7 @@ async fn count_observations(
     mut observed: tokio::sync::mpsc::Receiver<Observation>,
     book: incidents::SharedBook,
     status: StatusLine,
+    metrics: metrics::DoctorMetrics,
     storage_problem: Option<String>,
     write_problem: Arc<Mutex<Option<String>>>,
     refresh: Duration,
@@ -412,10 +472,13 @@ async fn count_observations(
             },
             _ = ticks.tick() => {}
         }
-        let survival = book
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .survival_reasons();
+        let survival = {
+            let book = book
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            metrics.refresh(&book);
+            book.survival_reasons()
+        };
         if survival.is_empty() == in_survival {
             in_survival = !survival.is_empty();
             if in_survival {
@@ -480,6 +543,7 @@ mod tests {
         config.resources.disk_used_percent = 120.0;
         config.resources.paths = Some(vec!["relative".into()]);
         config.watch.failures_to_open = 0;
+        config.metrics.listen = "0.0.0.0:9477".to_owned();
         let keys: Vec<String> = config
             .problems()
             .into_iter()
@@ -490,7 +554,8 @@ mod tests {
             [
                 "watch.failures_to_open",
                 "resources.disk_used_percent",
-                "resources.paths"
+                "resources.paths",
+                "metrics.listen"
             ]
         );
     }

@@ -677,3 +677,53 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         incident.actions
     );
 }
+
+#[tokio::test]
+async fn one_scrape_target_serves_the_doctors_and_every_reachable_daemons_metrics() {
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "doctor",
+        "[watch]\ndaemons = [\"memory\", \"hwaccel\"]\ninterval_ms = 200\n",
+    );
+    let _memory = sandbox.start("memory").await;
+    let _doctor = sandbox.start("doctor").await;
+    let base = synos_integration_tests::http_listener(&sandbox.socket("doctor"))
+        .await
+        .expect("the doctor lists its metrics endpoint");
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    // hwaccel is not running: its incident opens, and its metrics are missing from the scrape.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()[reqwest::header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text"),
+        );
+        let text = response.text().await.unwrap();
+        if text.contains("synos_doctor_open_incidents 1\n") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for expected in [
+        "synos_doctor_scrape_up{daemon=\"synos-memory\"} 1\n",
+        "synos_doctor_scrape_up{daemon=\"synos-hwaccel\"} 0\n",
+        "synos_doctor_check_failing{check=\"daemon:synos-hwaccel\"} 1\n",
+        "synos_doctor_check_failing{check=\"daemon:synos-memory\"} 0\n",
+        "synos_doctor_survival_mode 0\n",
+        "# TYPE synos_memory_",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{expected:?} missing from:\n{text}"
+        );
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    let missing = reqwest::get(format!("{base}/nothing")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
