@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod providers;
 pub mod resources;
 mod service;
+pub mod tier;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -320,6 +321,10 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
     };
     let mut checks: Vec<String> = watched.iter().map(Watched::check).collect();
     checks.extend(resources.check_names());
+    let watches_hwaccel = settings.daemons.iter().any(|name| name == "hwaccel");
+    if watches_hwaccel {
+        checks.push(tier::CHECK.to_owned());
+    }
 
     let store = match config.prepare_state_directory() {
         Err(problem) => Err(problem),
@@ -376,6 +381,15 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         observations.clone(),
         shutdown.clone(),
     )));
+    if watches_hwaccel {
+        background.push(tokio::spawn(tier::watch_tier(
+            config.directories.socket_path("hwaccel"),
+            pacing.heartbeat,
+            pacing.timeout,
+            observations.clone(),
+            shutdown.clone(),
+        )));
+    }
     if settings.daemons.iter().any(|name| name == "llm-router") {
         let router = config.directories.socket_path("llm-router");
         background.push(tokio::spawn(providers::watch_providers(

@@ -120,7 +120,8 @@ async fn every_daemon_serves_health_reflection_and_admin() {
         assert_eq!(info.pid, daemon.pid());
         assert_eq!(info.config_source, "built-in defaults");
         assert_eq!(info.listeners[0], format!("unix:{}", socket.display()));
-        if short_name == "llm-router" {
+        // The router's OpenAI-compatible endpoint and the doctor's metrics endpoint.
+        if short_name == "llm-router" || short_name == "doctor" {
             assert_eq!(info.listeners.len(), 2);
             assert!(
                 info.listeners[1].starts_with("http://127.0.0.1:"),

@@ -75,6 +75,7 @@ async fn a_death_is_an_incident_within_2_s_and_a_flapping_daemon_stays_one_incid
         format!("disk:{}", runtime.display()),
         format!("disk:{}", state.display()),
         "disk:/var/log".to_owned(),
+        "hwaccel:tier".to_owned(),
         "memory".to_owned(),
     ];
     if std::path::Path::new("/proc/pressure/memory").exists() {
@@ -726,4 +727,85 @@ async fn one_scrape_target_serves_the_doctors_and_every_reachable_daemons_metric
     assert_eq!(text.matches("# EOF").count(), 1, "{text}");
     let missing = reqwest::get(format!("{base}/nothing")).await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn a_lower_hwaccel_tier_is_an_incident_until_the_tier_is_back() {
+    let sandbox = Sandbox::new();
+    // Thresholds that make any machine full, then minimal: the tier is decided when hwaccel
+    // starts, so a machine that loses memory shows as a restart with a lower tier.
+    let full = "[tiers]\nminimal_below_bytes = 1\nfull_from_bytes = 1\nfull_min_cpus = 1\n";
+    let minimal = "[tiers]\nminimal_below_bytes = 1152921504606846976\n\
+                   full_from_bytes = 1152921504606846976\n";
+    sandbox.write_config("hwaccel", full);
+    sandbox.write_config(
+        "doctor",
+        "[watch]\ndaemons = [\"hwaccel\"]\ninterval_ms = 200\n",
+    );
+    let mut hwaccel = sandbox.start("hwaccel").await;
+    let _doctor = sandbox.start("doctor").await;
+    let mut doctor = doctor(&sandbox).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let report = doctor
+            .get_report(GetReportRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let tier = report
+            .checks
+            .iter()
+            .find(|check| check.name == "hwaccel:tier");
+        if tier.is_some_and(|tier| tier.consecutive_successes > 0) {
+            assert_eq!(tier.unwrap().detail, "tier full");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{report:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut events = doctor
+        .watch_incidents(WatchIncidentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let restart_hwaccel = async |running: &mut synos_integration_tests::Daemon, config| {
+        running.signal(Signal::SIGTERM);
+        running.wait_exit(Duration::from_secs(5)).await.unwrap();
+        sandbox.write_config("hwaccel", config);
+        *running = sandbox.start("hwaccel").await;
+    };
+    restart_hwaccel(&mut hwaccel, minimal).await;
+    let opened = loop {
+        let event = event_of_kind(
+            &mut events,
+            IncidentEventKind::Opened,
+            Duration::from_secs(5),
+        )
+        .await
+        .incident
+        .unwrap();
+        if event.check == "hwaccel:tier" {
+            break event;
+        }
+    };
+    assert!(
+        opened.evidence[0].contains("tier minimal, down from full: "),
+        "{:?}",
+        opened.evidence
+    );
+    restart_hwaccel(&mut hwaccel, full).await;
+    loop {
+        let event = event_of_kind(
+            &mut events,
+            IncidentEventKind::Recovered,
+            Duration::from_secs(5),
+        )
+        .await
+        .incident
+        .unwrap();
+        if event.check == "hwaccel:tier" {
+            assert_eq!(event.id, opened.id);
+            break;
+        }
+    }
 }
