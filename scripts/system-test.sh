@@ -406,6 +406,23 @@ restarted_after_sigkill() {
   return 1
 }
 check "a daemon killed with SIGKILL is restarted by systemd" restarted_after_sigkill
+unit_restart_seen_by_the_doctor() {
+  # The doctor reads the unit over D-Bus: the restart systemd made shows in its check.
+  local before
+  before="$(main_pid memory)"
+  inside sh -c "kill -9 $before"
+  for _ in $(seq 150); do
+    inside synosctl doctor report --json >"$work/report.json" 2>/dev/null
+    grep -A4 '"check": "unit:synos-memory.service"' "$work/report.json" |
+      grep -q '"detail": "active (running), result [a-z-]*, [1-9][0-9]* restart' && return 0
+    sleep 0.1
+  done
+  grep '"check": ' "$work/report.json"
+  grep -A4 '"check": "unit:' "$work/report.json"
+  inside journalctl -u synos-doctor.service -o verbose --no-pager | grep -E 'PROBLEM=' | tail -n 3
+  return 1
+}
+check "the doctor sees each daemon's unit over D-Bus, with systemd's restarts" unit_restart_seen_by_the_doctor
 broken_config_is_refused_and_recovered() {
   local state restarts
   inside cp /etc/synos/policy.toml /tmp/policy.toml.good

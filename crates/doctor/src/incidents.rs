@@ -210,8 +210,11 @@ impl Book {
     pub fn observe(&mut self, observation: &Observation) {
         let at_ms = unix_ms(observation.at);
         let thresholds = self.thresholds;
-        // Provider checks come and go with the router's configuration.
-        if observation.check.starts_with(crate::providers::PREFIX) {
+        // Provider checks come and go with the router's configuration, unit checks with what
+        // systemd has loaded.
+        if observation.check.starts_with(crate::providers::PREFIX)
+            || observation.check.starts_with(crate::units::PREFIX)
+        {
             self.checks.entry(observation.check.clone()).or_default();
         }
         let Some(state) = self.checks.get_mut(&observation.check) else {

@@ -10,6 +10,7 @@ pub mod providers;
 pub mod resources;
 mod service;
 pub mod tier;
+pub mod units;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -150,6 +151,9 @@ pub struct WatchConfig {
     /// A check failing again within this many seconds of recovering reopens its incident
     /// rather than opening another.
     pub flap_window_s: u64,
+    /// Where systemd runs, also read each watched daemon's unit over D-Bus (state, result,
+    /// restarts) as the check `unit:<name>.service`.
+    pub systemd_units: bool,
 }
 
 impl Default for WatchConfig {
@@ -166,6 +170,7 @@ impl Default for WatchConfig {
             failures_to_open: 2,
             successes_to_recover: 2,
             flap_window_s: 600,
+            systemd_units: true,
         }
     }
 }
@@ -381,6 +386,18 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         observations.clone(),
         shutdown.clone(),
     )));
+    if settings.systemd_units && units::systemd_booted() {
+        background.push(tokio::spawn(units::watch_units(
+            watched
+                .iter()
+                .map(|daemon| format!("{}.service", daemon.binary))
+                .collect(),
+            pacing.heartbeat,
+            pacing.timeout,
+            observations.clone(),
+            shutdown.clone(),
+        )));
+    }
     if watches_hwaccel {
         background.push(tokio::spawn(tier::watch_tier(
             config.directories.socket_path("hwaccel"),
