@@ -6,6 +6,7 @@ pub mod approvals;
 mod checks;
 pub mod incidents;
 pub mod metrics;
+mod peers;
 pub mod providers;
 pub mod resources;
 mod service;

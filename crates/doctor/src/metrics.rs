@@ -181,17 +181,11 @@ fn encode(registry: &Registry) -> String {
 }
 
 async fn fetch(socket: &std::path::Path, timeout: Duration) -> Result<String, String> {
-    let channel = synos_common::client::connect(socket, timeout)
-        .await
-        .map_err(|error| error.to_string())?;
-    match tokio::time::timeout(
-        timeout,
-        AdminClient::new(channel).get_metrics(GetMetricsRequest {}),
-    )
+    crate::peers::ask(socket, timeout, |channel| async move {
+        AdminClient::new(channel)
+            .get_metrics(GetMetricsRequest {})
+            .await
+    })
     .await
-    {
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-        Ok(Err(status)) => Err(status.message().to_owned()),
-        Ok(Ok(answer)) => Ok(answer.into_inner().text),
-    }
+    .map(|answer| answer.text)
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use synos_proto::doctor::v1::{DaemonHealth, IncidentEventKind};
 use synos_proto::llm::v1::router_client::RouterClient;
 use synos_proto::llm::v1::{
-    ListProvidersRequest, ProviderAction, ProviderState, SetProviderStateRequest,
+    ListProvidersRequest, ListProvidersResponse, ProviderAction, ProviderState,
+    SetProviderStateRequest,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -46,48 +47,43 @@ pub async fn watch_providers(
     observations: mpsc::Sender<Observation>,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let Ok(channel) = synos_common::client::connect(&socket, timeout).await else {
-            continue;
-        };
-        let listed = tokio::time::timeout(
-            timeout,
-            RouterClient::new(channel).list_providers(ListProvidersRequest {}),
-        )
-        .await;
-        let Ok(Ok(providers)) = listed else {
-            continue;
-        };
-        let now = SystemTime::now();
-        for provider in providers.into_inner().providers {
-            // The local model is the last resort, not a remote provider to watch.
-            if provider.kind == "local" {
-                continue;
-            }
-            let state = provider.state();
-            let detail = if provider.state_reason.is_empty() {
-                state_name(state)
-            } else {
-                format!("{}: {}", state_name(state), provider.state_reason)
-            };
-            let observation = Observation {
-                check: format!("{PREFIX}{}", provider.name),
-                ok: !failing(state),
-                health: DaemonHealth::Unspecified,
-                detail,
-                at: now,
-            };
-            if observations.send(observation).await.is_err() {
-                return;
-            }
-        }
-    }
+    crate::peers::poll(
+        socket,
+        interval,
+        timeout,
+        observations,
+        shutdown,
+        |channel| async move {
+            RouterClient::new(channel)
+                .list_providers(ListProvidersRequest {})
+                .await
+        },
+        |listed: ListProvidersResponse| {
+            let now = SystemTime::now();
+            listed
+                .providers
+                .into_iter()
+                // The local model is the last resort, not a remote provider to watch.
+                .filter(|provider| provider.kind != "local")
+                .map(|provider| {
+                    let state = provider.state();
+                    let detail = if provider.state_reason.is_empty() {
+                        state_name(state)
+                    } else {
+                        format!("{}: {}", state_name(state), provider.state_reason)
+                    };
+                    Observation {
+                        check: format!("{PREFIX}{}", provider.name),
+                        ok: !failing(state),
+                        health: DaemonHealth::Unspecified,
+                        detail,
+                        at: now,
+                    }
+                })
+                .collect()
+        },
+    )
+    .await;
 }
 
 /// What the doctor does about a failing provider.
@@ -184,22 +180,14 @@ pub async fn set_provider_state(
     cool_for: Option<Duration>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let channel = synos_common::client::connect(socket, timeout)
-        .await
-        .map_err(|error| error.to_string())?;
     let request = SetProviderStateRequest {
         name: provider.to_owned(),
         action: action.into(),
         cool_for: cool_for.and_then(|cool_for| prost_types::Duration::try_from(cool_for).ok()),
     };
-    match tokio::time::timeout(
-        timeout,
-        RouterClient::new(channel).set_provider_state(request),
-    )
+    crate::peers::ask(socket, timeout, |channel| async move {
+        RouterClient::new(channel).set_provider_state(request).await
+    })
     .await
-    {
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-        Ok(Err(status)) => Err(status.message().to_owned()),
-        Ok(Ok(_)) => Ok(()),
-    }
+    .map(|_| ())
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use synos_proto::doctor::v1::DaemonHealth;
 use synos_proto::hwaccel::v1::hardware_client::HardwareClient;
-use synos_proto::hwaccel::v1::{GetTierRequest, Tier};
+use synos_proto::hwaccel::v1::{GetTierRequest, GetTierResponse, Tier};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -57,31 +57,28 @@ pub async fn watch_tier(
     observations: mpsc::Sender<Observation>,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut best = Tier::Unspecified;
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let Ok(channel) = synos_common::client::connect(&socket, timeout).await else {
-            continue;
-        };
-        let answer = tokio::time::timeout(
-            timeout,
-            HardwareClient::new(channel).get_tier(GetTierRequest {}),
-        )
-        .await;
-        let Ok(Ok(answer)) = answer else {
-            continue;
-        };
-        let answer = answer.into_inner();
-        let observation = observe(&mut best, answer.tier(), &answer.reasons, SystemTime::now());
-        if observations.send(observation).await.is_err() {
-            return;
-        }
-    }
+    crate::peers::poll(
+        socket,
+        interval,
+        timeout,
+        observations,
+        shutdown,
+        |channel| async move {
+            HardwareClient::new(channel)
+                .get_tier(GetTierRequest {})
+                .await
+        },
+        move |answer: GetTierResponse| {
+            vec![observe(
+                &mut best,
+                answer.tier(),
+                &answer.reasons,
+                SystemTime::now(),
+            )]
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]
