@@ -14,6 +14,8 @@ use synos_proto::policy::v1::policy_client::PolicyClient;
 use synos_proto::policy::v1::{AuthorizeRequest, Decision};
 use tonic::Status;
 
+use crate::peers::AskError;
+
 /// Decided proposals `ListPending` gives when asked for them.
 pub const DECIDED_LISTED: usize = 100;
 
@@ -180,36 +182,24 @@ pub async fn authorize(
         action: format!("{verb}:{}", action.name()),
         resource: String::new(),
     };
-    let answer = match synos_common::client::connect(&peers.policy, peers.timeout).await {
-        Err(error) => Err(error.to_string()),
-        Ok(channel) => {
-            match tokio::time::timeout(peers.timeout, PolicyClient::new(channel).authorize(request))
-                .await
-            {
-                Err(_) => Err(format!("no answer within {} ms", peers.timeout.as_millis())),
-                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                    Err(status.message().to_owned())
-                }
-                Ok(Err(status)) => {
-                    return Err(Status::permission_denied(format!(
-                        "the policy daemon refused to decide: {}",
-                        status.message()
-                    )));
-                }
-                Ok(Ok(answer)) => Ok(answer.into_inner()),
-            }
-        }
-    };
+    let answer = crate::peers::ask(&peers.policy, peers.timeout, |channel| async move {
+        PolicyClient::new(channel).authorize(request).await
+    })
+    .await;
     match answer {
         Ok(decided) if decided.decision() == Decision::Allow => Ok(None),
         Ok(_) => Err(Status::permission_denied(format!(
             "{principal} may not {verb}:{} (the policy daemon's decision)",
             action.name()
         ))),
-        Err(problem) if is_root => Ok(Some(format!(
+        Err(AskError::Refused(status)) => Err(Status::permission_denied(format!(
+            "the policy daemon refused to decide: {}",
+            status.message()
+        ))),
+        Err(AskError::Unreachable(problem)) if is_root => Ok(Some(format!(
             "unaudited: the policy daemon was unreachable ({problem}), and root may decide alone"
         ))),
-        Err(problem) => Err(Status::unavailable(format!(
+        Err(AskError::Unreachable(problem)) => Err(Status::unavailable(format!(
             "the policy daemon, which authorizes approvals, is unreachable ({problem}); \
              until it is back only root may decide"
         ))),

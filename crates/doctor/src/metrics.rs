@@ -188,4 +188,5 @@ async fn fetch(socket: &std::path::Path, timeout: Duration) -> Result<String, St
     })
     .await
     .map(|answer| answer.text)
+    .map_err(|error| error.to_string())
 }

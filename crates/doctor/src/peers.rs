@@ -10,22 +10,46 @@ use tonic::transport::Channel;
 
 use crate::incidents::Observation;
 
+/// Why a call to another daemon has no answer.
+#[derive(Debug)]
+pub(crate) enum AskError {
+    /// The daemon could not be reached, did not answer in time, or said it is unavailable.
+    Unreachable(String),
+    /// It answered with another error.
+    Refused(tonic::Status),
+}
+
+impl std::fmt::Display for AskError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(problem) => formatter.write_str(problem),
+            Self::Refused(status) => formatter.write_str(status.message()),
+        }
+    }
+}
+
 /// `call`'s answer over a new connection to `socket`, both within `timeout`; or why there is
-/// none, in one line.
+/// none (its `Display` is one line).
 pub(crate) async fn ask<Answer, Call>(
     socket: &Path,
     timeout: Duration,
     call: impl FnOnce(Channel) -> Call,
-) -> Result<Answer, String>
+) -> Result<Answer, AskError>
 where
     Call: Future<Output = Result<tonic::Response<Answer>, tonic::Status>>,
 {
     let channel = synos_common::client::connect(socket, timeout)
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| AskError::Unreachable(error.to_string()))?;
     match tokio::time::timeout(timeout, call(channel)).await {
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-        Ok(Err(status)) => Err(status.message().to_owned()),
+        Err(_) => Err(AskError::Unreachable(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))),
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+            Err(AskError::Unreachable(status.message().to_owned()))
+        }
+        Ok(Err(status)) => Err(AskError::Refused(status)),
         Ok(Ok(answer)) => Ok(answer.into_inner()),
     }
 }

@@ -190,4 +190,5 @@ pub async fn set_provider_state(
     })
     .await
     .map(|_| ())
+    .map_err(|error| error.to_string())
 }

@@ -38,7 +38,7 @@ impl DoctorService {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Decides pending action `id` for the caller of `extensions`: authorized by policy as
+    /// Decides pending action `id` for the caller with `peer_uid`: authorized by policy as
     /// `verb`, then carried out (approve) or not (deny), and recorded either way.
     async fn decide(
         &self,

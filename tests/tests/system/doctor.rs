@@ -523,6 +523,21 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
     use synos_proto::policy::v1::policy_client::PolicyClient;
     // Cooled for a second only, so the provider recovers and can fail again.
     let (_remote, sandbox) = failing_provider("\n[repairs]\ncool_for_s = 1\n").await;
+    // The shipped policies, and a site rule that nobody may approve draining: a refused
+    // approval must leave the action pending.
+    let policies = sandbox.config_dir().join("policy.d");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::copy(
+        synos_integration_tests::repository_path("packaging/policy/00-defaults.cedar"),
+        policies.join("00-defaults.cedar"),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("50-no-draining.cedar"),
+        "@id(\"no-draining\")\nforbid (principal, action == Action::\"doctor.approve\", \
+         resource == System::\"drain-provider\");\n",
+    )
+    .unwrap();
     let mut policy = sandbox.start("policy").await;
     let _router = sandbox.start("llm-router").await;
     let _doctor = sandbox.start("doctor").await;
@@ -553,6 +568,14 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
     );
     assert_eq!(proposed["incident"], reopened.id.as_str());
     let first_id = proposed["id"].as_str().unwrap().to_owned();
+
+    let (code, _, stderr) = sandbox.synosctl(&["doctor", "approve", &first_id]).await;
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("User::\"root\" may not doctor.approve:drain-provider"),
+        "{stderr}"
+    );
+    assert_eq!(pending_json(&sandbox, false).await[0]["state"], "pending");
 
     // Denied, with policy's word (and audit): nothing happens to the provider.
     let (code, stdout, stderr) = sandbox
@@ -611,11 +634,18 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         .collect();
     assert_eq!(
         audited,
-        [(
-            "User::\"root\"".to_owned(),
-            "doctor.deny:drain-provider".to_owned(),
-            "allow".to_owned()
-        )]
+        [
+            (
+                "User::\"root\"".to_owned(),
+                "doctor.approve:drain-provider".to_owned(),
+                "deny".to_owned()
+            ),
+            (
+                "User::\"root\"".to_owned(),
+                "doctor.deny:drain-provider".to_owned(),
+                "allow".to_owned()
+            )
+        ]
     );
 
     // Again, and approved by root while policy is down: carried out, and said to be unaudited.
