@@ -879,12 +879,7 @@ impl Engine {
         let gate = Arc::clone(&self.topology().gate);
         let pending = self.screen(&call).await?;
         let (mut reply, served) = self.complete_chat(&call).await?;
-        let (redacted, confirmed) = tokio::join!(
-            gate.redact(&reply.content, &call.principal),
-            gate.confirm(pending)
-        );
-        confirmed?;
-        if let Some(text) = redacted? {
+        if let Some(text) = gate.redact(pending, &reply.content).await? {
             if let Some(content) = reply.body.pointer_mut("/choices/0/message/content") {
                 *content = Value::String(text.clone());
             }
@@ -958,11 +953,7 @@ impl Engine {
                         provider: provider.config.name.clone(),
                     })
                     .observe(open.time_to_first_token.as_secs_f64());
-                let (redaction, confirmed) = tokio::join!(
-                    topology.gate.open_redaction(&call.principal),
-                    topology.gate.confirm(pending)
-                );
-                let redaction = match confirmed.and(redaction) {
+                let redaction = match topology.gate.confirm(pending).await {
                     Ok(redaction) => redaction,
                     Err(error) => {
                         self.observe_request(

@@ -1,8 +1,9 @@
 //! The router's policy gate: every prompt is screened by synos-policy before any provider is
 //! called, and every reply redacted before it leaves the router, on both front ends, whole and
-//! streamed (through policy's streaming redaction, so a secret split across chunks is still
-//! found). A blocked prompt is refused; when policy cannot be reached the configured stance
-//! applies (refuse by default).
+//! streamed (policy redacts a stream as it comes, so a secret split across chunks is still
+//! found), all on one Gate stream per request. A blocked prompt is refused; when policy cannot
+//! be reached the configured stance applies (refuse by default; a request let through unscreened
+//! is not redacted either).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -10,11 +11,11 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt as _, TryFutureExt as _};
 use serde_json::Value;
+use synos_proto::policy::v1::gate_progress::Progress;
 use synos_proto::policy::v1::policy_client::PolicyClient;
-use synos_proto::policy::v1::screen_prompt_progress::Progress;
 use synos_proto::policy::v1::{
-    AuthorizeRequest, Decision, RedactOutputChunk, RedactOutputRequest, ScreenInputRequest,
-    ScreenPromptProgress, ScreenPromptRequest, Verdict,
+    AuthorizeRequest, Decision, GateProgress, GateRequest, ScreenInputRequest, ScreenPromptRequest,
+    Verdict, gate_request,
 };
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -35,16 +36,18 @@ pub(crate) enum Screening {
     Passed(PendingAudit),
     /// Not screened: the gate is off, or "auto" found no policy socket.
     Off,
-    /// Not screened: policy was unreachable and the stance is "allow".
+    /// Not screened, nor will the reply be redacted: policy was unreachable and the stance is
+    /// "allow".
     Unscreened(String),
 }
 
-/// Policy's word, still to come, that a passed prompt's audit records are on disk: the
-/// router answers before them only with nothing to show for it (the provider is called while
-/// they are written, which takes the fsync off the gate's latency).
+/// A passed prompt's Gate stream, still open: policy's word that the prompt's audit records
+/// are on disk is still to come (the provider is called while they are written, which takes
+/// the fsync off the gate's latency), and the reply goes through it to be redacted.
 #[derive(Debug)]
 pub(crate) struct PendingAudit {
-    progress: Box<Streaming<ScreenPromptProgress>>,
+    requests: mpsc::Sender<GateRequest>,
+    progress: Box<Streaming<GateProgress>>,
 }
 
 /// The gate, with its connection to policy (made on first use, remade after a failure).
@@ -144,33 +147,40 @@ impl Gate {
         }
         let answers = match self.client().await {
             Err(problem) => Err(problem),
-            Ok(mut client) => ask_policy(client.screen_prompt_early(ScreenPromptRequest {
-                authorization: Some(AuthorizeRequest {
-                    principal: format!("User::{:?}", call.principal),
-                    action: format!("llm.route:{}", call.route),
-                    resource: String::new(),
-                }),
-                screening: Some(ScreenInputRequest {
-                    text: prompt_text(call),
-                    principal: call.principal.clone(),
-                    resource: format!("Route::{:?}", call.route),
-                }),
-            }))
-            .and_then(|mut progress| async move {
+            Ok(mut client) => {
+                let (requests, receiver) = mpsc::channel(64);
+                let prompt = GateRequest {
+                    request: Some(gate_request::Request::Prompt(ScreenPromptRequest {
+                        authorization: Some(AuthorizeRequest {
+                            principal: format!("User::{:?}", call.principal),
+                            action: format!("llm.route:{}", call.route),
+                            resource: String::new(),
+                        }),
+                        screening: Some(ScreenInputRequest {
+                            text: prompt_text(call),
+                            principal: call.principal.clone(),
+                            resource: format!("Route::{:?}", call.route),
+                        }),
+                    })),
+                };
+                // Queued before the call, so it leaves with the call's first frame.
+                let _ = requests.try_send(prompt);
+                ask_policy(client.gate(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+                    .map_ok(|progress| (requests, progress))
+            }
+            .and_then(|(requests, mut progress)| async move {
                 match next_progress(&mut progress).await? {
-                    Progress::Answer(answer) => Ok((answer, progress)),
-                    Progress::Committed(_) => {
-                        Err("policy confirmed a commit before it answered".to_owned())
-                    }
+                    Progress::Answer(answer) => Ok((answer, requests, progress)),
+                    _ => Err("policy's Gate stream did not start with its answer".to_owned()),
                 }
             })
             .await
-            .and_then(|(answer, progress)| {
+            .and_then(|(answer, requests, progress)| {
                 match (answer.authorization, answer.screening) {
                     (Some(authorized), screened)
                         if authorized.decision() != Decision::Allow || screened.is_some() =>
                     {
-                        Ok((authorized, screened, progress))
+                        Ok((authorized, screened, requests, progress))
                     }
                     _ => Err("policy's answer lacks its decision or its screening".to_owned()),
                 }
@@ -180,7 +190,7 @@ impl Gate {
             self.set_unreachable(None);
         }
         match answers {
-            Ok((authorized, screened, progress)) => {
+            Ok((authorized, screened, requests, progress)) => {
                 if authorized.decision() != Decision::Allow {
                     tracing::warn!(route = %call.route, principal = %call.principal, "route refused by policy");
                     return Err(RouteError::Forbidden(format!(
@@ -210,6 +220,7 @@ impl Gate {
                     });
                 }
                 Ok(Screening::Passed(PendingAudit {
+                    requests,
                     progress: Box::new(progress),
                 }))
             }
@@ -223,20 +234,27 @@ impl Gate {
     }
 }
 
-/// The next message of a ScreenPromptEarly answer within [`POLICY_TIMEOUT`], or why there is
-/// none.
-async fn next_progress(progress: &mut Streaming<ScreenPromptProgress>) -> Result<Progress, String> {
+/// The next message of a Gate stream within [`POLICY_TIMEOUT`], `None` at its end, or why
+/// there is none.
+async fn next_message(progress: &mut Streaming<GateProgress>) -> Result<Option<Progress>, String> {
     match tokio::time::timeout(POLICY_TIMEOUT, progress.message()).await {
         Err(_) => Err(format!("no answer within {} s", POLICY_TIMEOUT.as_secs())),
         Ok(Err(status)) => Err(status.message().to_owned()),
-        Ok(Ok(None)) => Err("policy ended its answer early".to_owned()),
-        Ok(Ok(Some(ScreenPromptProgress { progress: None }))) => {
+        Ok(Ok(None)) => Ok(None),
+        Ok(Ok(Some(GateProgress { progress: None }))) => {
             Err("policy sent an empty message".to_owned())
         }
-        Ok(Ok(Some(ScreenPromptProgress {
+        Ok(Ok(Some(GateProgress {
             progress: Some(progress),
-        }))) => Ok(progress),
+        }))) => Ok(Some(progress)),
     }
+}
+
+/// The next message of a Gate stream within [`POLICY_TIMEOUT`], or why there is none.
+async fn next_progress(progress: &mut Streaming<GateProgress>) -> Result<Progress, String> {
+    next_message(progress)
+        .await?
+        .ok_or_else(|| "policy ended its answer early".to_owned())
 }
 
 /// One call to policy within [`POLICY_TIMEOUT`]; its answer, or why there is none.
@@ -250,16 +268,14 @@ async fn ask_policy<Answer>(
     }
 }
 
-/// An open streaming redaction: text goes in through `input`, redacted text comes out of
-/// `output` (held back while it could still be the start of a secret).
+/// A streamed reply's redaction on its Gate stream: text goes in through `input`, redacted
+/// text comes out of `output` (held back while it could still be the start of a secret).
 #[derive(Debug)]
 pub(crate) struct Redaction {
     /// Text to redact; closing it releases what policy holds back.
-    pub(crate) input: mpsc::Sender<RedactOutputChunk>,
+    input: mpsc::Sender<GateRequest>,
     /// Redacted text, final.
-    pub(crate) output: Streaming<RedactOutputChunk>,
-    /// Who the text is for (sent with the first piece).
-    pub(crate) principal: String,
+    output: Streaming<GateProgress>,
 }
 
 impl Gate {
@@ -288,87 +304,87 @@ impl Gate {
         }
     }
 
-    /// Waits for policy's word that a passed prompt's audit records are on disk; by the time
-    /// a provider has answered they almost always are. Without it the reply is withheld (or,
-    /// failing open, let through with a warning), as when policy is unreachable.
-    pub(crate) async fn confirm(&self, pending: Option<PendingAudit>) -> Result<(), RouteError> {
-        let Some(mut pending) = pending else {
-            return Ok(());
-        };
-        match next_progress(&mut pending.progress).await {
-            Ok(Progress::Committed(_)) => Ok(()),
-            Ok(Progress::Answer(_)) => self
-                .unreachable(
-                    "policy answered twice instead of confirming its audit commit",
-                    "cannot confirm the prompt's audit records, so the reply is withheld",
-                )
-                .map_or(Ok(()), Err),
-            Err(problem) => self
-                .unreachable(
-                    &format!("the prompt's audit records: {problem}"),
-                    "cannot confirm the prompt's audit records, so the reply is withheld",
-                )
-                .map_or(Ok(()), Err),
-        }
-    }
-
-    /// The redacted `text`; `None` when the gate is off or the reply passes unredacted.
+    /// The reply to a passed prompt, whole, redacted on its Gate stream once policy has
+    /// confirmed the prompt's audit records (by the time a provider has answered they almost
+    /// always are); `None` when it passes as it is (no screening, so no gate stream). Without
+    /// the confirmation or the redaction the reply is withheld (or, failing open, let through
+    /// with a warning), as when policy is unreachable.
     pub(crate) async fn redact(
         &self,
+        pending: Option<PendingAudit>,
         text: &str,
-        principal: &str,
     ) -> Result<Option<String>, RouteError> {
-        if !self.active() {
+        let Some(PendingAudit {
+            requests,
+            mut progress,
+        }) = pending
+        else {
             return Ok(None);
-        }
-        let answer = match self.client().await {
-            Err(problem) => Err(problem),
-            Ok(mut client) => {
-                ask_policy(client.redact_output(RedactOutputRequest {
-                    text: text.to_owned(),
-                    principal: principal.to_owned(),
-                }))
-                .await
+        };
+        let sent = requests
+            .send(GateRequest {
+                request: Some(gate_request::Request::Reply(text.to_owned())),
+            })
+            .await;
+        // Closing our side releases the end of the redaction.
+        drop(requests);
+        let mut committed = false;
+        let mut redacted = String::new();
+        let problem = loop {
+            if sent.is_err() {
+                break "policy closed the gate stream before the reply".to_owned();
+            }
+            match next_message(&mut progress).await {
+                Ok(Some(Progress::Committed(_))) => committed = true,
+                Ok(Some(Progress::Redacted(piece))) => redacted.push_str(&piece.text),
+                Ok(Some(Progress::Answer(_))) => {
+                    break "policy answered twice on one gate stream".to_owned();
+                }
+                Ok(None) if committed => return Ok(Some(redacted)),
+                Ok(None) => break "policy ended the gate stream without committing".to_owned(),
+                Err(problem) => break problem,
             }
         };
-        match answer {
-            Ok(reply) => Ok(Some(reply.text)),
-            Err(problem) => self
-                .unreachable(&problem, "cannot redact the reply, so it is withheld")
-                .map_or(Ok(None), Err),
-        }
+        let refusal = if committed {
+            "cannot redact the reply, so it is withheld"
+        } else {
+            "cannot confirm the prompt's audit records, so the reply is withheld"
+        };
+        self.unreachable(&format!("the gate stream: {problem}"), refusal)
+            .map_or(Ok(None), Err)
     }
 
-    /// Opens a streaming redaction for a streamed reply; `None` when the gate is off or the
-    /// reply passes unredacted.
-    pub(crate) async fn open_redaction(
+    /// The redaction of a passed prompt's streamed reply, once policy has confirmed the prompt's
+    /// audit records; `None` when the reply passes as it is. Without the confirmation the
+    /// reply is withheld (or, failing open, let through with a warning).
+    pub(crate) async fn confirm(
         &self,
-        principal: &str,
+        pending: Option<PendingAudit>,
     ) -> Result<Option<Redaction>, RouteError> {
-        if !self.active() {
+        let Some(PendingAudit {
+            requests,
+            mut progress,
+        }) = pending
+        else {
             return Ok(None);
-        }
-        let (input, receiver) = mpsc::channel(64);
-        let opened =
-            match self.client().await {
-                Err(problem) => Err(problem),
-                Ok(mut client) => {
-                    ask_policy(client.redact_output_stream(
-                        tokio_stream::wrappers::ReceiverStream::new(receiver),
-                    ))
-                    .await
-                }
-            };
-        match opened {
-            Ok(output) => Ok(Some(Redaction {
-                input,
-                output,
-                principal: principal.to_owned(),
-            })),
-            Err(problem) => self
-                .unreachable(&problem, "cannot redact the reply, so it is withheld")
-                .map_or(Ok(None), Err),
-        }
+        };
+        let problem = match next_progress(&mut progress).await {
+            Ok(Progress::Committed(_)) => {
+                return Ok(Some(Redaction {
+                    input: requests,
+                    output: *progress,
+                }));
+            }
+            Ok(_) => {
+                "policy sent reply text before confirming the prompt's audit records".to_owned()
+            }
+            Err(problem) => format!("the prompt's audit records: {problem}"),
+        };
+        self.unreachable(
+            &problem,
+            "cannot confirm the prompt's audit records, so the reply is withheld",
+        )
+        .map_or(Ok(None), Err)
     }
 }
 
@@ -410,10 +426,8 @@ pub(crate) fn redact_stream(
         let Redaction {
             input,
             output: mut redacted,
-            principal,
         } = redaction;
         let mut input = Some(input);
-        let mut principal = Some(principal);
         let mut relayed = std::pin::pin!(relayed);
         let mut template: Option<StreamChunk> = None;
         let mut held = Vec::new();
@@ -424,10 +438,8 @@ pub(crate) fn redact_stream(
                     Some(StreamItem::Chunk(chunk)) => {
                         if !chunk.delta.is_empty() {
                             template.get_or_insert_with(|| chunk.clone());
-                            let piece = RedactOutputChunk {
-                                text: chunk.delta.clone(),
-                                spans: Vec::new(),
-                                principal: principal.take().unwrap_or_default(),
+                            let piece = GateRequest {
+                                request: Some(gate_request::Request::Reply(chunk.delta.clone())),
                             };
                             let sent = match &input {
                                 Some(sender) => sender.send(piece).await.is_ok(),
@@ -457,13 +469,17 @@ pub(crate) fn redact_stream(
                     }
                 },
                 piece = redacted.next() => match piece {
-                    Some(Ok(piece)) => {
+                    Some(Ok(GateProgress { progress: Some(Progress::Redacted(piece)) })) => {
                         if let Some(template) = &template
                             && !piece.text.is_empty()
                             && output.send(StreamItem::Chunk(with_text(template, piece.text))).await.is_err()
                         {
                             return;
                         }
+                    }
+                    Some(Ok(_)) => {
+                        let _ = output.send(StreamItem::Failed("policy sent something other than redacted text; the answer is incomplete".to_owned())).await;
+                        return;
                     }
                     Some(Err(status)) => {
                         let _ = output.send(StreamItem::Failed(format!("policy failed while redacting ({}); the answer is incomplete", status.message()))).await;

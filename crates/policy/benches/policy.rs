@@ -17,7 +17,8 @@ use synos_policy::redaction::Redactor;
 use synos_policy::screening::Screener;
 use synos_proto::policy::v1::policy_client::PolicyClient;
 use synos_proto::policy::v1::{
-    AuthorizeRequest, RedactOutputRequest, ScreenInputRequest, ScreenPromptRequest,
+    AuthorizeRequest, GateRequest, RedactOutputRequest, ScreenInputRequest, ScreenPromptRequest,
+    gate_progress, gate_request,
 };
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
@@ -294,8 +295,8 @@ fn over_the_socket() {
     });
 }
 
-/// The router gate's two calls for a 1 KB prompt and reply: the screening until its answer
-/// (the audit commit follows it), and the redaction.
+/// The router's Gate stream for a 1 KB prompt and reply: the screening until its answer (the
+/// audit commit follows it), then the reply sent at once and read back redacted, to the end.
 async fn gate_calls(client: &mut PolicyClient<tonic::transport::Channel>) {
     let kilobyte = "The quick brown fox jumps over the lazy dog. ".repeat(23);
     let screening = ScreenPromptRequest {
@@ -313,33 +314,43 @@ async fn gate_calls(client: &mut PolicyClient<tonic::transport::Channel>) {
     let (mut answers, mut commits, mut redactions) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..1200 {
         let started = Instant::now();
+        let (requests, receiver) = tokio::sync::mpsc::channel(4);
+        requests
+            .try_send(GateRequest {
+                request: Some(gate_request::Request::Prompt(screening.clone())),
+            })
+            .unwrap();
         let mut progress = client
-            .screen_prompt_early(screening.clone())
+            .gate(tokio_stream::wrappers::ReceiverStream::new(receiver))
             .await
             .unwrap()
             .into_inner();
         progress.message().await.unwrap().unwrap();
         let answered = started.elapsed();
-        progress.message().await.unwrap().unwrap();
-        let committed = started.elapsed();
-        let started = Instant::now();
-        client
-            .redact_output(RedactOutputRequest {
-                text: kilobyte.clone(),
-                principal: "alice".to_owned(),
+        let replied = Instant::now();
+        requests
+            .send(GateRequest {
+                request: Some(gate_request::Request::Reply(kilobyte.clone())),
             })
             .await
             .unwrap();
+        drop(requests);
+        let mut committed = None;
+        while let Some(message) = progress.message().await.unwrap() {
+            if let Some(gate_progress::Progress::Committed(_)) = message.progress {
+                committed = Some(started.elapsed());
+            }
+        }
         if round >= 200 {
             answers.push(answered);
-            commits.push(committed);
-            redactions.push(started.elapsed());
+            commits.push(committed.expect("the prompt's commit is confirmed"));
+            redactions.push(replied.elapsed());
         }
     }
     for (name, samples) in [
-        ("gate: screen 1 KB prompt, until answered ", answers),
-        ("gate: screen 1 KB prompt, until committed", commits),
-        ("gate: redact 1 KB reply                  ", redactions),
+        ("gate: screen 1 KB prompt, until answered  ", answers),
+        ("gate: screen 1 KB prompt, until committed ", commits),
+        ("gate: 1 KB reply sent → redacted, all read", redactions),
     ] {
         let (p50, p99) = percentiles(samples);
         println!(

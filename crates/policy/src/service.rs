@@ -1,8 +1,8 @@
 //! `synos.policy.v1.Policy`: each call checks its rate limit, decides, appends its audit record
 //! and only then answers. A record that cannot be written fails the call (UNAVAILABLE): no
-//! decision is ever given without its audit record. The one exception, ScreenPromptEarly, lets
-//! an allowed prompt's answer go ahead of its commit, and its caller holds back what the prompt
-//! produces until the commit is confirmed.
+//! decision is ever given without its audit record. The one exception, the router's Gate stream,
+//! lets an allowed prompt's answer go ahead of its commit, and its caller holds back what the
+//! prompt produces until the commit is confirmed.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -19,15 +19,15 @@ use synos_common::ServiceError;
 use synos_common::error::ErrorKind;
 use synos_common::systemd::StatusLine;
 use synos_proto::policy::v1::policy_server::Policy;
-use synos_proto::policy::v1::screen_prompt_progress::Progress;
 use synos_proto::policy::v1::{
     AuditCommitted, AuditRecord, AuthorizeRequest, AuthorizeResponse, Decision, ExecToolResponse,
-    QueryAuditRequest, QueryAuditResponse, RedactOutputChunk, RedactOutputRequest,
-    RedactOutputResponse, RedactedSpan, ReloadPoliciesRequest, ReloadPoliciesResponse, RuleMatch,
-    ScreenInputRequest, ScreenInputResponse, ScreenPromptProgress, ScreenPromptRequest,
-    ScreenPromptResponse, ToolCallRequest, ToolCallResponse, Verdict, VerifyAuditRequest,
-    VerifyAuditResponse,
+    GateProgress, GateRequest, QueryAuditRequest, QueryAuditResponse, RedactOutputChunk,
+    RedactOutputRequest, RedactOutputResponse, RedactedSpan, ReloadPoliciesRequest,
+    ReloadPoliciesResponse, RuleMatch, ScreenInputRequest, ScreenInputResponse,
+    ScreenPromptRequest, ScreenPromptResponse, ToolCallRequest, ToolCallResponse, Verdict,
+    VerifyAuditRequest, VerifyAuditResponse,
 };
+use synos_proto::policy::v1::{gate_progress, gate_request};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit::{AuditError, AuditLog, Entry};
@@ -441,59 +441,68 @@ impl Policy for PolicyService {
         Ok(Response::new(numbered(answer, first)))
     }
 
-    type ScreenPromptEarlyStream =
-        Pin<Box<dyn Stream<Item = Result<ScreenPromptProgress, Status>> + Send>>;
+    type GateStream = Pin<Box<dyn Stream<Item = Result<GateProgress, Status>> + Send>>;
 
-    async fn screen_prompt_early(
+    async fn gate(
         &self,
-        request: Request<ScreenPromptRequest>,
-    ) -> Result<Response<Self::ScreenPromptEarlyStream>, Status> {
-        let (entries, answer) = self.prompt_answer(request.into_inner()).await?;
+        request: Request<Streaming<GateRequest>>,
+    ) -> Result<Response<Self::GateStream>, Status> {
+        let mut incoming = request.into_inner();
+        let prompt = match incoming.message().await? {
+            Some(GateRequest {
+                request: Some(gate_request::Request::Prompt(prompt)),
+            }) => prompt,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a Gate stream starts with its prompt",
+                ));
+            }
+        };
+        let principal = prompt
+            .screening
+            .as_ref()
+            .map(|screening| screening.principal.clone())
+            .unwrap_or_default();
+        let (entries, answer) = self.prompt_answer(prompt).await?;
         let records = entries.len() as u64;
-        let committed = move |first_sequence| ScreenPromptProgress {
-            progress: Some(Progress::Committed(AuditCommitted {
+        let committed = move |first_sequence| GateProgress {
+            progress: Some(gate_progress::Progress::Committed(AuditCommitted {
                 first_sequence,
                 records,
             })),
         };
-        let allowed = answer
-            .authorization
-            .as_ref()
-            .is_some_and(|authorized| authorized.decision() == Decision::Allow)
-            && answer
-                .screening
-                .as_ref()
-                .is_some_and(|screened| screened.verdict() != Verdict::Block);
-        if !allowed {
+        if !allows(&answer) {
             // A refusal ends the caller's work at once, so there is nothing to overlap with.
             let first = self.record_together(entries).await?;
-            let answer = Progress::Answer(numbered(answer, first));
+            let answer = gate_progress::Progress::Answer(numbered(answer, first));
             return Ok(Response::new(Box::pin(futures_util::stream::iter([
-                Ok(ScreenPromptProgress {
+                Ok(GateProgress {
                     progress: Some(answer),
                 }),
                 Ok(committed(first)),
             ]))));
         }
-        // Its own task, so the records are written even if the caller stops listening.
+        // Its own task, so the records are written even if the caller goes away.
         let audit = self.audit()?.clone();
         let health = self.health.clone();
-        let writing = tokio::spawn(async move { commit(&audit, &health, entries).await });
-        let answer = ScreenPromptProgress {
-            progress: Some(Progress::Answer(answer)),
+        let writing = tokio::spawn({
+            let audit = audit.clone();
+            async move { commit(&audit, &health, entries).await }
+        });
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        let answered = sender.try_send(Ok(GateProgress {
+            progress: Some(gate_progress::Progress::Answer(answer)),
+        }));
+        debug_assert!(answered.is_ok(), "the first message always fits");
+        let redaction = GateRedaction {
+            redactor: StreamRedactor::new(self.redactor.clone()),
+            audit,
+            principal,
+            spans: Vec::new(),
         };
-        let written = async move {
-            match writing.await {
-                Ok(Ok(first)) => Ok(committed(first)),
-                Ok(Err(status)) => Err(status),
-                Err(error) => Err(Status::internal(format!(
-                    "the audit commit stopped: {error}"
-                ))),
-            }
-        };
+        tokio::spawn(relay_gate(incoming, writing, committed, redaction, sender));
         Ok(Response::new(Box::pin(
-            futures_util::stream::once(std::future::ready(Ok(answer)))
-                .chain(futures_util::stream::once(written)),
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
     }
 
@@ -864,6 +873,115 @@ impl Health {
                     tracing::info!("audit log writable again");
                 }
                 self.line.set(parts.serving.clone());
+            }
+        }
+    }
+}
+
+/// Whether `answer` lets the prompt through: authorized and not blocked.
+fn allows(answer: &ScreenPromptResponse) -> bool {
+    answer
+        .authorization
+        .as_ref()
+        .is_some_and(|authorized| authorized.decision() == Decision::Allow)
+        && answer
+            .screening
+            .as_ref()
+            .is_some_and(|screened| screened.verdict() != Verdict::Block)
+}
+
+/// The reply half of a Gate stream: the redaction and what it found, audited at the end.
+struct GateRedaction {
+    redactor: StreamRedactor,
+    audit: AuditLog,
+    principal: String,
+    spans: Vec<Span>,
+}
+
+impl GateRedaction {
+    /// The redacted message for `output`, if it carries anything.
+    fn message(&mut self, output: crate::redaction::StreamOutput) -> Option<GateProgress> {
+        self.spans.extend(output.spans.iter().copied());
+        (!output.text.is_empty() || !output.spans.is_empty()).then(|| GateProgress {
+            progress: Some(gate_progress::Progress::Redacted(RedactOutputChunk {
+                text: output.text,
+                spans: spans_to_proto(&output.spans),
+                principal: String::new(),
+            })),
+        })
+    }
+
+    /// Releases what is held back, once what was replaced is audited.
+    async fn finish(mut self) -> Result<Option<GateProgress>, Status> {
+        let output = self.redactor.finish();
+        let message = self.message(output);
+        if !self.spans.is_empty() {
+            self.audit
+                .append(Entry {
+                    kind: "redact",
+                    principal: self.principal.clone(),
+                    action: "redact-stream".to_owned(),
+                    outcome: "redacted".to_owned(),
+                    detail: span_counts(&self.spans),
+                    ..Entry::default()
+                })
+                .await
+                .map_err(status_of)?;
+        }
+        Ok(message)
+    }
+}
+
+/// The rest of an allowed Gate stream: `committed` as soon as the prompt's records are written,
+/// and the reply's pieces redacted as they come; it ends once both are done, or at the first
+/// error (the caller then withholds the reply).
+async fn relay_gate(
+    mut incoming: Streaming<GateRequest>,
+    mut writing: tokio::task::JoinHandle<Result<u64, Status>>,
+    committed: impl Fn(u64) -> GateProgress + Send,
+    redaction: GateRedaction,
+    sender: tokio::sync::mpsc::Sender<Result<GateProgress, Status>>,
+) {
+    let mut written = false;
+    let mut redaction = Some(redaction);
+    while !written || redaction.is_some() {
+        let message = tokio::select! {
+            result = &mut writing, if !written => {
+                written = true;
+                match result {
+                    Ok(Ok(first)) => Ok(Some(committed(first))),
+                    Ok(Err(status)) => Err(status),
+                    Err(error) => Err(Status::internal(format!("the audit commit stopped: {error}"))),
+                }
+            }
+            piece = incoming.message(), if redaction.is_some() => match (piece, redaction.as_mut()) {
+                (Ok(Some(GateRequest { request: Some(gate_request::Request::Reply(text)) })), Some(open)) => {
+                    checked_text(&text).map(|()| {
+                        let output = open.redactor.push(&text);
+                        open.message(output)
+                    })
+                }
+                (Ok(Some(_)), _) => Err(Status::invalid_argument(
+                    "after its prompt a Gate stream carries only reply pieces",
+                )),
+                (Ok(None), _) => match redaction.take() {
+                    Some(open) => open.finish().await,
+                    None => Ok(None),
+                },
+                // The caller went away: the commit goes on in its own task.
+                (Err(_), _) => return,
+            },
+        };
+        match message {
+            Ok(None) => {}
+            Ok(Some(message)) => {
+                if sender.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            Err(status) => {
+                let _ = sender.send(Err(status)).await;
+                return;
             }
         }
     }

@@ -6,12 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use synos_integration_tests::{Sandbox, SmallFileSystem, channel, output, status_line};
+use synos_proto::policy::v1::gate_progress::Progress;
 use synos_proto::policy::v1::policy_client::PolicyClient;
-use synos_proto::policy::v1::screen_prompt_progress::Progress;
 use synos_proto::policy::v1::{
-    AuditCommitted, AuditRecord, AuthorizeRequest, Decision, QueryAuditRequest, RedactOutputChunk,
-    ReloadPoliciesRequest, ScreenInputRequest, ScreenPromptRequest, ScreenPromptResponse,
-    ToolCallRequest, Verdict, VerifyAuditRequest,
+    AuditCommitted, AuditRecord, AuthorizeRequest, Decision, GateProgress, GateRequest,
+    QueryAuditRequest, RedactOutputChunk, ReloadPoliciesRequest, ScreenInputRequest,
+    ScreenPromptRequest, ScreenPromptResponse, ToolCallRequest, Verdict, VerifyAuditRequest,
+    gate_request,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -505,16 +506,46 @@ async fn records_from(
         .records
 }
 
-/// Every message of one ScreenPromptEarly call, and how it ended.
-async fn screen_early(
+/// A Gate stream opened with `prompt`: the sender for its reply pieces, and its messages.
+async fn open_gate(
     client: &mut PolicyClient<Channel>,
-    request: ScreenPromptRequest,
-) -> (Vec<Progress>, Result<(), tonic::Status>) {
-    let mut progress = client
-        .screen_prompt_early(request)
-        .await
-        .unwrap()
+    prompt: ScreenPromptRequest,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<GateRequest>,
+        tonic::Streaming<GateProgress>,
+    ),
+    tonic::Status,
+> {
+    let (requests, receiver) = tokio::sync::mpsc::channel(8);
+    requests
+        .try_send(GateRequest {
+            request: Some(gate_request::Request::Prompt(prompt)),
+        })
+        .unwrap();
+    let progress = client
+        .gate(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
         .into_inner();
+    Ok((requests, progress))
+}
+
+/// Sends `pieces` of a reply on a Gate stream and closes its side.
+async fn reply(requests: tokio::sync::mpsc::Sender<GateRequest>, pieces: &[&str]) {
+    for piece in pieces {
+        requests
+            .send(GateRequest {
+                request: Some(gate_request::Request::Reply((*piece).to_owned())),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Every message left on a Gate stream, and how it ended.
+async fn drain(
+    mut progress: tonic::Streaming<GateProgress>,
+) -> (Vec<Progress>, Result<(), tonic::Status>) {
     let mut messages = Vec::new();
     loop {
         match progress.message().await {
@@ -525,7 +556,17 @@ async fn screen_early(
     }
 }
 
-/// The answer and commit of a ScreenPromptEarly call that went through.
+/// Every message of a Gate stream that screens `request` and sends no reply, and how it ended.
+async fn screen_early(
+    client: &mut PolicyClient<Channel>,
+    request: ScreenPromptRequest,
+) -> (Vec<Progress>, Result<(), tonic::Status>) {
+    let (requests, progress) = open_gate(client, request).await.unwrap();
+    drop(requests);
+    drain(progress).await
+}
+
+/// The answer and commit of a Gate stream that went through without a reply.
 fn answered_and_committed(messages: &[Progress]) -> (&ScreenPromptResponse, &AuditCommitted) {
     match messages {
         [Progress::Answer(answer), Progress::Committed(committed)] => (answer, committed),
@@ -534,7 +575,7 @@ fn answered_and_committed(messages: &[Progress]) -> (&ScreenPromptResponse, &Aud
 }
 
 #[tokio::test]
-async fn screen_prompt_early_answers_first_and_confirms_the_commit_after() {
+async fn the_gate_answers_first_and_confirms_the_commit_after() {
     let sandbox = Sandbox::new();
     let (_daemon, mut client) = start(&sandbox, "").await;
 
@@ -615,16 +656,17 @@ async fn screen_prompt_early_answers_first_and_confirms_the_commit_after() {
 
     // A caller that leaves after the answer does not take the records with it.
     let next = committed.first_sequence + 1;
-    let mut progress = client
-        .screen_prompt_early(prompt("User::\"bob\"", "llm.route:default", "Hello there"))
-        .await
-        .unwrap()
-        .into_inner();
+    let (requests, mut progress) = open_gate(
+        &mut client,
+        prompt("User::\"bob\"", "llm.route:default", "Hello there"),
+    )
+    .await
+    .unwrap();
     assert!(matches!(
         progress.message().await.unwrap().unwrap().progress,
         Some(Progress::Answer(_))
     ));
-    drop(progress);
+    drop((requests, progress));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let records = records_from(&mut client, next, 10).await;
@@ -645,8 +687,115 @@ async fn screen_prompt_early_answers_first_and_confirms_the_commit_after() {
 
     let mut half = prompt("User::\"alice\"", "llm.route:default", "hello");
     half.authorization = None;
-    let error = client.screen_prompt_early(half).await.unwrap_err();
+    let error = open_gate(&mut client, half).await.unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
+    assert_audit_intact(&mut client).await;
+}
+
+#[tokio::test]
+async fn the_gate_redacts_the_reply_on_the_same_stream_and_audits_what_it_replaced() {
+    let sandbox = Sandbox::new();
+    let (_daemon, mut client) = start(&sandbox, "").await;
+
+    let (requests, progress) = open_gate(
+        &mut client,
+        prompt("User::\"alice\"", "llm.route:default", "Who wrote this?"),
+    )
+    .await
+    .unwrap();
+    // The address and the key are split across pieces.
+    reply(
+        requests,
+        &["mail bob@exa", "mple.com, key AKIA", "IOSFODNN7EXAMPLE."],
+    )
+    .await;
+    let (messages, ended) = drain(progress).await;
+    ended.unwrap();
+    assert!(
+        matches!(messages.first(), Some(Progress::Answer(_))),
+        "{messages:?}"
+    );
+    let commits: Vec<&AuditCommitted> = messages
+        .iter()
+        .filter_map(|message| match message {
+            Progress::Committed(committed) => Some(committed),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(commits.len(), 1, "{messages:?}");
+    let redacted: String = messages
+        .iter()
+        .filter_map(|message| match message {
+            Progress::Redacted(piece) => Some(piece.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        redacted,
+        "mail [REDACTED:email], key [REDACTED:aws_access_key]."
+    );
+    let records = records_from(&mut client, commits[0].first_sequence, 10).await;
+    let summary: Vec<(&str, &str, &str)> = records
+        .iter()
+        .map(|record| {
+            (
+                record.kind.as_str(),
+                record.principal.as_str(),
+                record.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("authorize", "User::\"alice\"", "allow"),
+            ("screen", "User::\"alice\"", "allow"),
+            ("redact", "User::\"alice\"", "redacted"),
+        ]
+    );
+
+    // A stream must start with its prompt, and carries only one.
+    let (requests, receiver) = tokio::sync::mpsc::channel(4);
+    requests
+        .try_send(GateRequest {
+            request: Some(gate_request::Request::Reply("hello".to_owned())),
+        })
+        .unwrap();
+    let error = client
+        .gate(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
+    assert_eq!(error.message(), "a Gate stream starts with its prompt");
+    let (requests, progress) = open_gate(
+        &mut client,
+        prompt("User::\"alice\"", "llm.route:default", "hello"),
+    )
+    .await
+    .unwrap();
+    requests
+        .send(GateRequest {
+            request: Some(gate_request::Request::Prompt(prompt(
+                "User::\"alice\"",
+                "llm.route:default",
+                "again",
+            ))),
+        })
+        .await
+        .unwrap();
+    let (messages, ended) = drain(progress).await;
+    assert!(
+        matches!(messages.first(), Some(Progress::Answer(_))),
+        "{messages:?}"
+    );
+    let error = ended.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
+    assert!(
+        error.message().contains("only reply pieces"),
+        "{}",
+        error.message()
+    );
+    drop(requests);
     assert_audit_intact(&mut client).await;
 }
 

@@ -70,21 +70,41 @@ pub struct ScreenPromptResponse {
     #[prost(message, optional, tag = "2")]
     pub screening: ::core::option::Option<ScreenInputResponse>,
 }
-#[derive(Clone, PartialEq, ::prost::Message)]
-pub struct ScreenPromptProgress {
-    #[prost(oneof = "screen_prompt_progress::Progress", tags = "1, 2")]
-    pub progress: ::core::option::Option<screen_prompt_progress::Progress>,
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GateRequest {
+    #[prost(oneof = "gate_request::Request", tags = "1, 2")]
+    pub request: ::core::option::Option<gate_request::Request>,
 }
-/// Nested message and enum types in `ScreenPromptProgress`.
-pub mod screen_prompt_progress {
+/// Nested message and enum types in `GateRequest`.
+pub mod gate_request {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Request {
+        /// The first message, and only the first.
+        #[prost(message, tag = "1")]
+        Prompt(super::ScreenPromptRequest),
+        /// After an allowed answer: the next piece of the reply, for the prompt's principal.
+        #[prost(string, tag = "2")]
+        Reply(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GateProgress {
+    #[prost(oneof = "gate_progress::Progress", tags = "1, 2, 3")]
+    pub progress: ::core::option::Option<gate_progress::Progress>,
+}
+/// Nested message and enum types in `GateProgress`.
+pub mod gate_progress {
     #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Progress {
         /// The decision and screening: always the first message.
         #[prost(message, tag = "1")]
         Answer(super::ScreenPromptResponse),
-        /// Their audit records are on disk: always the second and last message.
+        /// The prompt's audit records are on disk: exactly once, before the stream ends.
         #[prost(message, tag = "2")]
         Committed(super::AuditCommitted),
+        /// Reply text that is now final, redacted.
+        #[prost(message, tag = "3")]
+        Redacted(super::RedactOutputChunk),
     }
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -490,17 +510,21 @@ pub mod policy_client {
                 .insert(GrpcMethod::new("synos.policy.v1.Policy", "ScreenPrompt"));
             self.inner.unary(req, path, codec).await
         }
-        /// ScreenPrompt for a caller that can overlap the audit commit with its own work: an allowed
-        /// prompt's answer comes first (its audit sequences 0), then `committed` once its records are
-        /// on disk, or an error status if they cannot be written. The caller holds back whatever
-        /// the prompt produces until `committed` arrives. A refusal is answered only after its
-        /// records are committed, so it arrives with `committed` right behind it. The records are
-        /// written even if the caller goes away.
-        pub async fn screen_prompt_early(
+        /// The router's gate for one request, on one stream. The caller sends its prompt first and
+        /// gets the `answer` at once (authorized, and screened when that is allowed, as in
+        /// ScreenPrompt). An allowed prompt is answered before its audit records are on disk (its
+        /// sequences 0); `committed` follows once they are, or an error status if they cannot be
+        /// written, and the caller holds back whatever the prompt produces until then. A refusal is
+        /// answered only once its records are written, `committed` right behind it, and the stream
+        /// ends. After an allowed answer the caller sends its reply's text in `reply` pieces and gets
+        /// it back `redacted`, as from RedactOutputStream; closing its side releases what is held back
+        /// and ends the stream, after `committed`. The prompt's records are written even if the
+        /// caller goes away.
+        pub async fn gate(
             &mut self,
-            request: impl tonic::IntoRequest<super::ScreenPromptRequest>,
+            request: impl tonic::IntoStreamingRequest<Message = super::GateRequest>,
         ) -> std::result::Result<
-            tonic::Response<tonic::codec::Streaming<super::ScreenPromptProgress>>,
+            tonic::Response<tonic::codec::Streaming<super::GateProgress>>,
             tonic::Status,
         > {
             self.inner
@@ -513,12 +537,12 @@ pub mod policy_client {
                 })?;
             let codec = tonic_prost::ProstCodec::default();
             let path = http::uri::PathAndQuery::from_static(
-                "/synos.policy.v1.Policy/ScreenPromptEarly",
+                "/synos.policy.v1.Policy/Gate",
             );
-            let mut req = request.into_request();
+            let mut req = request.into_streaming_request();
             req.extensions_mut()
-                .insert(GrpcMethod::new("synos.policy.v1.Policy", "ScreenPromptEarly"));
-            self.inner.server_streaming(req, path, codec).await
+                .insert(GrpcMethod::new("synos.policy.v1.Policy", "Gate"));
+            self.inner.streaming(req, path, codec).await
         }
         /// Replace secrets and personal data in a text with typed placeholders.
         pub async fn redact_output(
@@ -737,25 +761,26 @@ pub mod policy_server {
             tonic::Response<super::ScreenPromptResponse>,
             tonic::Status,
         >;
-        /// Server streaming response type for the ScreenPromptEarly method.
-        type ScreenPromptEarlyStream: tonic::codegen::tokio_stream::Stream<
-                Item = std::result::Result<super::ScreenPromptProgress, tonic::Status>,
+        /// Server streaming response type for the Gate method.
+        type GateStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::GateProgress, tonic::Status>,
             >
             + std::marker::Send
             + 'static;
-        /// ScreenPrompt for a caller that can overlap the audit commit with its own work: an allowed
-        /// prompt's answer comes first (its audit sequences 0), then `committed` once its records are
-        /// on disk, or an error status if they cannot be written. The caller holds back whatever
-        /// the prompt produces until `committed` arrives. A refusal is answered only after its
-        /// records are committed, so it arrives with `committed` right behind it. The records are
-        /// written even if the caller goes away.
-        async fn screen_prompt_early(
+        /// The router's gate for one request, on one stream. The caller sends its prompt first and
+        /// gets the `answer` at once (authorized, and screened when that is allowed, as in
+        /// ScreenPrompt). An allowed prompt is answered before its audit records are on disk (its
+        /// sequences 0); `committed` follows once they are, or an error status if they cannot be
+        /// written, and the caller holds back whatever the prompt produces until then. A refusal is
+        /// answered only once its records are written, `committed` right behind it, and the stream
+        /// ends. After an allowed answer the caller sends its reply's text in `reply` pieces and gets
+        /// it back `redacted`, as from RedactOutputStream; closing its side releases what is held back
+        /// and ends the stream, after `committed`. The prompt's records are written even if the
+        /// caller goes away.
+        async fn gate(
             &self,
-            request: tonic::Request<super::ScreenPromptRequest>,
-        ) -> std::result::Result<
-            tonic::Response<Self::ScreenPromptEarlyStream>,
-            tonic::Status,
-        >;
+            request: tonic::Request<tonic::Streaming<super::GateRequest>>,
+        ) -> std::result::Result<tonic::Response<Self::GateStream>, tonic::Status>;
         /// Replace secrets and personal data in a text with typed placeholders.
         async fn redact_output(
             &self,
@@ -1030,26 +1055,24 @@ pub mod policy_server {
                     };
                     Box::pin(fut)
                 }
-                "/synos.policy.v1.Policy/ScreenPromptEarly" => {
+                "/synos.policy.v1.Policy/Gate" => {
                     #[allow(non_camel_case_types)]
-                    struct ScreenPromptEarlySvc<T: Policy>(pub Arc<T>);
-                    impl<
-                        T: Policy,
-                    > tonic::server::ServerStreamingService<super::ScreenPromptRequest>
-                    for ScreenPromptEarlySvc<T> {
-                        type Response = super::ScreenPromptProgress;
-                        type ResponseStream = T::ScreenPromptEarlyStream;
+                    struct GateSvc<T: Policy>(pub Arc<T>);
+                    impl<T: Policy> tonic::server::StreamingService<super::GateRequest>
+                    for GateSvc<T> {
+                        type Response = super::GateProgress;
+                        type ResponseStream = T::GateStream;
                         type Future = BoxFuture<
                             tonic::Response<Self::ResponseStream>,
                             tonic::Status,
                         >;
                         fn call(
                             &mut self,
-                            request: tonic::Request<super::ScreenPromptRequest>,
+                            request: tonic::Request<tonic::Streaming<super::GateRequest>>,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {
-                                <T as Policy>::screen_prompt_early(&inner, request).await
+                                <T as Policy>::gate(&inner, request).await
                             };
                             Box::pin(fut)
                         }
@@ -1060,7 +1083,7 @@ pub mod policy_server {
                     let max_encoding_message_size = self.max_encoding_message_size;
                     let inner = self.inner.clone();
                     let fut = async move {
-                        let method = ScreenPromptEarlySvc(inner);
+                        let method = GateSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -1071,7 +1094,7 @@ pub mod policy_server {
                                 max_decoding_message_size,
                                 max_encoding_message_size,
                             );
-                        let res = grpc.server_streaming(method, req).await;
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
