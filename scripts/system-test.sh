@@ -102,12 +102,13 @@ snapshot() { # every file and directory outside the virtual and volatile trees
 # Test users exist before the snapshot: useradd and userdel leave backup files of their own.
 inside useradd --create-home alice
 inside useradd --create-home bob
-# What a user reads the manual and completes commands with; before the snapshot, so the purge
-# check sees only what our packages leave.
+# What a user reads the manual and completes commands with, and polkitd (which synos-doctor
+# recommends, and whose system user outlives a purge, as Debian's system users do); before the
+# snapshot, so the purge check sees only what our packages leave.
 inside apt-get update -qq >/dev/null
 inside env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-  man-db bash-completion socat >"$work/tools.log" 2>&1 ||
-  { tail -n 30 "$work/tools.log"; die "apt-get install man-db bash-completion socat failed"; }
+  man-db bash-completion socat polkitd >"$work/tools.log" 2>&1 ||
+  { tail -n 30 "$work/tools.log"; die "apt-get install man-db bash-completion socat polkitd failed"; }
 snapshot >"$work/before.txt"
 getent_groups_before="$(inside getent group | cut -d: -f1 | sort)"
 
@@ -423,6 +424,68 @@ unit_restart_seen_by_the_doctor() {
   return 1
 }
 check "the doctor sees each daemon's unit over D-Bus, with systemd's restarts" unit_restart_seen_by_the_doctor
+given_up() { # given_up UNIT: systemd stopped restarting it (failed, or dead after a crash)
+  local active result job
+  active="$(inside systemctl show -P ActiveState "$1")"
+  result="$(inside systemctl show -P Result "$1")"
+  job="$(inside systemctl show -P Job "$1")"
+  [ "$active" = failed ] || { [ "$active" = inactive ] && [ "$result" != success ] && [ -z "$job" ]; }
+}
+kill_until_systemd_gives_up() { # kill_until_systemd_gives_up DAEMON: SIGKILL it until systemd gives up
+  local unit="synos-$1.service" pid kills=0
+  for _ in $(seq 300); do
+    given_up "$unit" && { echo "systemd gave up on $unit after $kills kills"; return 0; }
+    pid="$(main_pid "$1")"
+    if [ "$pid" != 0 ] && inside systemctl is-active --quiet "$unit"; then
+      inside sh -c "kill -9 $pid"
+      kills=$((kills + 1))
+    fi
+    sleep 0.1
+  done
+  inside systemctl status --no-pager "$unit"
+  return 1
+}
+doctor_restarts_then_asks() {
+  # Test limits: the doctor restarts a unit once on its own, 1 s after systemd gives up.
+  local dropin=/run/systemd/system/synos-doctor.service.d pending id
+  inside mkdir -p "$dropin"
+  inside sh -c "printf '[Service]\nEnvironment=SYNOS_DOCTOR_REPAIRS__UNIT_RESTARTS=1 SYNOS_DOCTOR_REPAIRS__UNIT_RESTART_BACKOFF_S=1\n' >$dropin/test-limits.conf"
+  inside systemctl daemon-reload && inside systemctl restart synos-doctor.service &&
+    wait_active synos-doctor.service || return 1
+  sleep 3 # the doctor sees everything up before the kills
+  kill_until_systemd_gives_up hwaccel || return 1
+  for _ in $(seq 300); do
+    inside systemctl is-active --quiet synos-hwaccel.service && break
+    sleep 0.1
+  done
+  inside systemctl is-active --quiet synos-hwaccel.service || {
+    echo "the doctor did not restore synos-hwaccel.service"
+    inside journalctl -u synos-doctor.service --no-pager | tail -n 5
+    return 1
+  }
+  echo "the doctor restored it"
+  kill_until_systemd_gives_up hwaccel || return 1
+  for _ in $(seq 300); do
+    pending="$(inside synosctl doctor pending --json 2>/dev/null)"
+    grep -q '"restart-unit"' <<<"$pending" && break
+    sleep 0.1
+  done
+  id="$(grep -B3 -A3 '"restart-unit"' <<<"$pending" | grep -oE '"id": "[0-9a-f-]+"' | head -n 1 | cut -d'"' -f4)"
+  [ -n "$id" ] || { echo "no restart-unit proposal: $pending"; inside synosctl doctor incidents; return 1; }
+  given_up synos-hwaccel.service || { echo "restarted without approval"; return 1; }
+  inside synosctl doctor approve "$id" || return 1
+  wait_active synos-hwaccel.service || return 1
+  inside synosctl doctor pending --all --json | grep -A8 "\"$id\"" | grep -q '"state": "done"' ||
+    { inside synosctl doctor pending --all; return 1; }
+}
+check "killed until systemd gives up, the doctor restarts it; again, it asks, and approving restarts it" \
+  doctor_restarts_then_asks
+# Whatever happened, the doctor gets its packaged limits back and hwaccel runs.
+inside rm -rf /run/systemd/system/synos-doctor.service.d
+inside systemctl daemon-reload
+inside systemctl reset-failed synos-hwaccel.socket synos-hwaccel.service 2>/dev/null || true
+inside systemctl start synos-hwaccel.socket synos-hwaccel.service
+inside systemctl restart synos-doctor.service
 broken_config_is_refused_and_recovered() {
   local state restarts
   inside cp /etc/synos/policy.toml /tmp/policy.toml.good

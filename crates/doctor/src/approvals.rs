@@ -1,5 +1,6 @@
 //! The approval queue: actions the doctor may not take on its own (draining a provider that
-//! fails again after it was cooled) wait as proposals until an operator approves or denies them.
+//! fails again after it was cooled, restarting a unit past the doctor's own restarts) wait as
+//! proposals until an operator approves or denies them.
 //! Who decides comes from the socket's peer credentials and is authorized by the policy daemon,
 //! which audits it; the proposal, the decision and its outcome are kept in the incident
 //! database and written into the incident.
@@ -24,6 +25,8 @@ pub const DECIDED_LISTED: usize = 100;
 pub enum Action {
     /// Take a router provider out of every route until an operator restores it.
     DrainProvider,
+    /// Restart a watched daemon's unit that the doctor gave up restarting on its own.
+    RestartUnit,
 }
 
 impl Action {
@@ -31,11 +34,12 @@ impl Action {
     pub fn name(self) -> &'static str {
         match self {
             Self::DrainProvider => "drain-provider",
+            Self::RestartUnit => "restart-unit",
         }
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        [Self::DrainProvider]
+        [Self::DrainProvider, Self::RestartUnit]
             .into_iter()
             .find(|action| action.name() == name)
     }
@@ -50,7 +54,7 @@ pub struct Proposal {
     pub incident_id: String,
     /// What it would do.
     pub action: Action,
-    /// To what (a provider's name).
+    /// To what (a provider's name, a unit's).
     pub target: String,
     /// Why the doctor proposes it.
     pub reason: String,
@@ -87,6 +91,7 @@ impl Proposal {
     pub fn describe(&self) -> String {
         match self.action {
             Action::DrainProvider => format!("drain provider {}", self.target),
+            Action::RestartUnit => format!("restart {}", self.target),
         }
     }
 }
@@ -224,5 +229,6 @@ pub async fn carry_out(peers: &Peers, proposal: &Proposal) -> Result<String, Str
                 proposal.target
             ))
         }
+        Action::RestartUnit => crate::units::restart(&proposal.target, peers.timeout).await,
     }
 }

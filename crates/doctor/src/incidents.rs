@@ -200,6 +200,13 @@ impl Book {
         self.events.subscribe()
     }
 
+    /// The id of `check`'s open incident, if it has one.
+    pub fn open_incident(&self, check: &str) -> Option<String> {
+        self.checks
+            .get(check)
+            .and_then(|state| state.open_incident.clone())
+    }
+
     /// Whether `check` is one this book knows.
     pub fn knows(&self, check: &str) -> bool {
         self.checks.contains_key(check)

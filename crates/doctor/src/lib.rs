@@ -88,6 +88,15 @@ pub struct RepairsConfig {
     /// Ask an operator to approve draining a router provider whose incident reopens (it
     /// failed again after recovering): `synosctl doctor pending`.
     pub propose_draining_providers: bool,
+    /// Restart a watched daemon's unit that systemd gave up on (failed), through D-Bus, with
+    /// exponential back-off; past the limit, ask an operator to approve the next restart.
+    pub restart_failed_units: bool,
+    /// Restarts the doctor makes of one unit within `unit_restart_window_s` before it asks.
+    pub unit_restarts: u32,
+    /// The window, in seconds.
+    pub unit_restart_window_s: u64,
+    /// Wait before the first restart, in seconds; doubled before each next one.
+    pub unit_restart_backoff_s: u64,
 }
 
 impl Default for RepairsConfig {
@@ -96,6 +105,10 @@ impl Default for RepairsConfig {
             cool_failing_providers: true,
             cool_for_s: 300,
             propose_draining_providers: true,
+            restart_failed_units: true,
+            unit_restarts: 3,
+            unit_restart_window_s: 900,
+            unit_restart_backoff_s: 10,
         }
     }
 }
@@ -266,6 +279,24 @@ impl Settings for Config {
                 "must be between 1 and 86400",
             ));
         }
+        if !(1..=100).contains(&self.repairs.unit_restarts) {
+            problems.push(Problem::new(
+                "repairs.unit_restarts",
+                "must be between 1 and 100",
+            ));
+        }
+        if !(1..=7 * 86_400).contains(&self.repairs.unit_restart_window_s) {
+            problems.push(Problem::new(
+                "repairs.unit_restart_window_s",
+                "must be between 1 and 604800 (a week)",
+            ));
+        }
+        if !(1..=3_600).contains(&self.repairs.unit_restart_backoff_s) {
+            problems.push(Problem::new(
+                "repairs.unit_restart_backoff_s",
+                "must be between 1 and 3600",
+            ));
+        }
         if !self.metrics.listen.is_empty() {
             match self.metrics.address() {
                 None => problems.push(Problem::new(
@@ -388,6 +419,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         shutdown.clone(),
     )));
     if settings.systemd_units && units::systemd_booted() {
+        let repairs = &config.settings.repairs;
         background.push(tokio::spawn(units::watch_units(
             watched
                 .iter()
@@ -396,6 +428,14 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             pacing.heartbeat,
             pacing.timeout,
             observations.clone(),
+            repairs.restart_failed_units.then(|| units::Restarts {
+                book: Arc::clone(&book),
+                limits: units::RestartLimits {
+                    restarts: repairs.unit_restarts,
+                    window: Duration::from_secs(repairs.unit_restart_window_s),
+                    backoff: Duration::from_secs(repairs.unit_restart_backoff_s),
+                },
+            }),
             shutdown.clone(),
         )));
     }
