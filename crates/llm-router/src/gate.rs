@@ -330,15 +330,17 @@ impl Gate {
         drop(requests);
         let mut committed = false;
         let mut redacted = String::new();
+        // A send that fails means policy has already ended the stream, usually with an error
+        // (its audit write failed): read on, so the refusal names policy's reason.
         let problem = loop {
-            if sent.is_err() {
-                break "policy closed the gate stream before the reply".to_owned();
-            }
             match next_message(&mut progress).await {
                 Ok(Some(Progress::Committed(_))) => committed = true,
                 Ok(Some(Progress::Redacted(piece))) => redacted.push_str(&piece.text),
                 Ok(Some(Progress::Answer(_))) => {
                     break "policy answered twice on one gate stream".to_owned();
+                }
+                Ok(None) if sent.is_err() => {
+                    break "policy closed the gate stream before the reply".to_owned();
                 }
                 Ok(None) if committed => return Ok(Some(redacted)),
                 Ok(None) => break "policy ended the gate stream without committing".to_owned(),
