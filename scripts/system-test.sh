@@ -144,6 +144,8 @@ metrics_scrape() {
   grep -q '^# TYPE synos_memory_' "$work/metrics.txt" && grep -q '^# TYPE synos_doctor_open_incidents' "$work/metrics.txt"
 }
 check "one scrape target on 127.0.0.1:9477: the doctor's and every daemon's metrics" metrics_scrape
+check "the SynOS cache is the doctor's, writable by group synos (tmpfiles.d)" \
+  bash -c "[ \"\$(nsenter -t $container_pid -m -u -i -n -p -- stat -c '%U:%G %a' /var/cache/synos)\" = 'synos-doctor:synos 2770' ]"
 check "no failed units" bash -c "[ -z \"\$(nsenter -t $container_pid -m -u -i -n -p -- systemctl list-units --failed --plain --no-legend)\" ]"
 
 inside usermod --append --groups synos alice
@@ -464,6 +466,8 @@ doctor_restarts_then_asks() {
     return 1
   }
   echo "the doctor restored it"
+  inside synosctl audit search --action doctor.repair --json | grep -q 'restart-unit:synos-hwaccel.service' ||
+    { echo "the doctor's restart is not in the audit log"; return 1; }
   kill_until_systemd_gives_up hwaccel || return 1
   for _ in $(seq 300); do
     pending="$(inside synosctl doctor pending --json 2>/dev/null)"

@@ -5,7 +5,7 @@
 //! which audits it; the proposal, the decision and its outcome are kept in the incident
 //! database and written into the incident.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use synos_common::time::timestamp;
@@ -210,6 +210,50 @@ pub async fn authorize(
         ))),
     }
 }
+
+/// Asks policy, before an automatic repair, whether the doctor may make it: `repair`
+/// ("cool-provider", "restart-unit") on `target`, as `doctor.repair` on
+/// `System::"<repair>:<target>"`, which policy audits. `Ok` with a note to add to the action's
+/// line (empty when audited; while policy is unreachable the repair goes ahead, said to be
+/// unaudited, since the doctor must work with every other daemon down); `Err` with why policy
+/// refuses it.
+pub async fn authorize_repair(
+    policy: &Path,
+    timeout: Duration,
+    repair: &str,
+    target: &str,
+) -> Result<String, String> {
+    let request = AuthorizeRequest {
+        principal: REPAIRER.to_owned(),
+        action: "doctor.repair".to_owned(),
+        resource: format!("System::{:?}", format!("{repair}:{target}")),
+    };
+    let answer = crate::peers::ask(policy, timeout, |channel| async move {
+        PolicyClient::new(channel).authorize(request).await
+    })
+    .await;
+    match answer {
+        Ok(decided) if decided.decision() == Decision::Allow => Ok(String::new()),
+        Ok(decided) => Err(format!(
+            "policy does not allow {REPAIRER} to {repair} {target}{}",
+            if decided.determining_policies.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", decided.determining_policies.join(", "))
+            }
+        )),
+        Err(AskError::Refused(status)) => Err(format!(
+            "policy refused to decide whether {REPAIRER} may {repair} {target}: {}",
+            status.message()
+        )),
+        Err(AskError::Unreachable(problem)) => Ok(format!(
+            " (unaudited: the policy daemon was unreachable: {problem})"
+        )),
+    }
+}
+
+/// The doctor's Cedar principal for its own repairs.
+pub const REPAIRER: &str = "Service::\"synos-doctor\"";
 
 /// Carries out `proposal`; what was done, or why it failed.
 pub async fn carry_out(peers: &Peers, proposal: &Proposal) -> Result<String, String> {

@@ -4,6 +4,7 @@
 
 pub mod approvals;
 mod checks;
+pub mod cleanup;
 pub mod incidents;
 pub mod metrics;
 mod peers;
@@ -97,6 +98,11 @@ pub struct RepairsConfig {
     pub unit_restart_window_s: u64,
     /// Wait before the first restart, in seconds; doubled before each next one.
     pub unit_restart_backoff_s: u64,
+    /// When a watched file system's incident opens, delete files in those of
+    /// `clean_directories` that are on it, oldest first, until it is back below its limits.
+    pub clean_full_disks: bool,
+    /// Directories whose content SynOS can rebuild, which the doctor may empty.
+    pub clean_directories: Vec<std::path::PathBuf>,
 }
 
 impl Default for RepairsConfig {
@@ -109,9 +115,15 @@ impl Default for RepairsConfig {
             unit_restarts: 3,
             unit_restart_window_s: 900,
             unit_restart_backoff_s: 10,
+            clean_full_disks: true,
+            clean_directories: vec![std::path::PathBuf::from(CACHE_DIRECTORY)],
         }
     }
 }
+
+/// Where SynOS keeps what it can rebuild; the doctor owns it (tmpfiles.d) and may empty it
+/// when its file system is full.
+pub const CACHE_DIRECTORY: &str = "/var/cache/synos";
 
 /// The `[resources]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -297,6 +309,25 @@ impl Settings for Config {
                 "must be between 1 and 3600",
             ));
         }
+        for (index, directory) in self.repairs.clean_directories.iter().enumerate() {
+            // Two levels at least: "/" or "/var" emptied would be a disaster, not a repair.
+            if !directory.is_absolute()
+                || directory
+                    .components()
+                    .filter(|part| matches!(part, std::path::Component::Normal(_)))
+                    .count()
+                    < 2
+                || directory
+                    .components()
+                    .any(|part| matches!(part, std::path::Component::ParentDir))
+            {
+                problems.push(Problem::new(
+                    format!("repairs.clean_directories.{index}"),
+                    "must be an absolute path two levels deep or more, without \"..\", such as \
+                     /var/cache/synos",
+                ));
+            }
+        }
         if !self.metrics.listen.is_empty() {
             match self.metrics.address() {
                 None => problems.push(Problem::new(
@@ -319,6 +350,25 @@ impl Settings for Config {
         }
         problems
     }
+}
+
+/// Those of `directories` that neither hold nor lie in any of `kept` (the state, runtime and
+/// configuration directories, the models), which a cleaning must never reach; each left out is logged.
+fn cleanable(
+    directories: &[std::path::PathBuf],
+    kept: &[&std::path::Path],
+) -> Vec<std::path::PathBuf> {
+    directories
+        .iter()
+        .filter(|directory| {
+            let holds = kept.iter().find(|kept| kept.starts_with(directory) || directory.starts_with(kept));
+            if let Some(kept) = holds {
+                tracing::error!(directory = %directory.display(), kept = %kept.display(), "not cleaning this directory on a full disk: it overlaps a directory SynOS keeps");
+            }
+            holds.is_none()
+        })
+        .cloned()
+        .collect()
 }
 
 /// Watches and serves until `shutdown` is cancelled. An unusable state directory or database
@@ -412,6 +462,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             shutdown.clone(),
         )));
     }
+    let limits = resources.limits;
     background.push(tokio::spawn(resources::watch_resources(
         resources,
         pacing.heartbeat,
@@ -430,6 +481,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
             observations.clone(),
             repairs.restart_failed_units.then(|| units::Restarts {
                 book: Arc::clone(&book),
+                policy: config.directories.socket_path("policy"),
                 limits: units::RestartLimits {
                     restarts: repairs.unit_restarts,
                     window: Duration::from_secs(repairs.unit_restart_window_s),
@@ -463,6 +515,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
                 Arc::clone(&book),
                 router,
                 providers::Repairs {
+                    policy: config.directories.socket_path("policy"),
                     cool_for: repairs
                         .cool_failing_providers
                         .then(|| Duration::from_secs(repairs.cool_for_s)),
@@ -472,6 +525,27 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
                 shutdown.clone(),
             )));
         }
+    }
+    if config.settings.repairs.clean_full_disks {
+        let directories = cleanable(
+            &config.settings.repairs.clean_directories,
+            &[
+                &config.directories.state,
+                &config.directories.runtime,
+                &config.directories.config,
+                &config.directories.models,
+            ],
+        );
+        background.push(tokio::spawn(cleanup::clean_full_disks(
+            cleanup::Cleanup {
+                book: Arc::clone(&book),
+                policy: config.directories.socket_path("policy"),
+                directories,
+                limits,
+                timeout: pacing.timeout,
+            },
+            shutdown.clone(),
+        )));
     }
     drop(observations);
     background.push(tokio::spawn(count_observations(

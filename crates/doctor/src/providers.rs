@@ -1,7 +1,7 @@
 //! The router's providers as checks (`provider:<name>`, every interval from `ListProviders`),
 //! and the repairs the doctor makes there: a provider whose incident opens is cooled in the
-//! router for `cool_for`, so requests stop waiting on it, and the action is written into the
-//! incident; one that fails again after recovering is proposed for draining, which takes an
+//! router for `cool_for`, so requests stop waiting on it (once policy allows it, and so audits
+//! it), and the action is written into the incident; one that fails again after recovering is proposed for draining, which takes an
 //! operator's approval.
 
 use std::path::PathBuf;
@@ -87,8 +87,10 @@ pub async fn watch_providers(
 }
 
 /// What the doctor does about a failing provider.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Repairs {
+    /// The policy daemon, asked before each cool (which audits it).
+    pub policy: PathBuf,
     /// Cool it for this long when its incident opens or reopens.
     pub cool_for: Option<Duration>,
     /// Propose draining it when its incident reopens: cooling did not help.
@@ -132,20 +134,32 @@ pub async fn repair_failing_providers(
             continue;
         };
         if let Some(cool_for) = repairs.cool_for {
-            let outcome = set_provider_state(
-                &socket,
-                provider,
-                ProviderAction::Cool,
-                Some(cool_for),
+            let line = match crate::approvals::authorize_repair(
+                &repairs.policy,
                 timeout,
+                "cool-provider",
+                provider,
             )
-            .await;
-            let line = match &outcome {
-                Ok(()) => format!(
-                    "told the router to cool {provider} for {} s",
-                    cool_for.as_secs()
-                ),
-                Err(problem) => format!("could not tell the router to cool {provider}: {problem}"),
+            .await
+            {
+                Err(refused) => format!("did not cool {provider}: {refused}"),
+                Ok(unaudited) => match set_provider_state(
+                    &socket,
+                    provider,
+                    ProviderAction::Cool,
+                    Some(cool_for),
+                    timeout,
+                )
+                .await
+                {
+                    Ok(()) => format!(
+                        "told the router to cool {provider} for {} s{unaudited}",
+                        cool_for.as_secs()
+                    ),
+                    Err(problem) => {
+                        format!("could not tell the router to cool {provider}: {problem}")
+                    }
+                },
             };
             tracing::info!(incident = %incident.id, %line, "action");
             book.lock()

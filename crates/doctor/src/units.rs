@@ -7,7 +7,8 @@
 //!
 //! A unit systemd gave up on (failed, its own restarts spent) is restarted by the doctor with
 //! exponential back-off, each restart written into the unit's incident; past the limit in the
-//! window the doctor stops and asks an operator to approve the next one. PID 1 lets the
+//! window the doctor stops and asks an operator to approve the next one. Policy is asked before
+//! each restart, and so audits it. PID 1 lets the
 //! doctor's user do this for `synos-*` units only, through the polkit rule the package ships.
 
 use std::collections::HashMap;
@@ -184,6 +185,8 @@ pub struct RestartLimits {
 pub struct Restarts {
     /// Where the unit's incident is and actions and proposals go.
     pub book: SharedBook,
+    /// The policy daemon, asked before each restart (which audits it).
+    pub policy: std::path::PathBuf,
     /// How far it goes on its own.
     pub limits: RestartLimits,
 }
@@ -253,13 +256,23 @@ impl Restarts {
         match entry.next(limits, Instant::now()) {
             Next::Wait => {}
             Next::Restart(number) => {
-                let line = match restart(unit, timeout).await {
-                    Ok(done) => format!(
-                        "{done}: restart {number} of {} the doctor makes within {} s",
-                        limits.restarts,
-                        limits.window.as_secs()
-                    ),
-                    Err(problem) => problem,
+                let allowed = crate::approvals::authorize_repair(
+                    &self.policy,
+                    timeout,
+                    Action::RestartUnit.name(),
+                    unit,
+                )
+                .await;
+                let line = match allowed {
+                    Err(refused) => format!("did not restart {unit}: {refused}"),
+                    Ok(unaudited) => match restart(unit, timeout).await {
+                        Ok(done) => format!(
+                            "{done}: restart {number} of {} the doctor makes within {} s{unaudited}",
+                            limits.restarts,
+                            limits.window.as_secs()
+                        ),
+                        Err(problem) => problem,
+                    },
                 };
                 tracing::info!(%incident, %line, "action");
                 self.book().record_action(&incident, &line);

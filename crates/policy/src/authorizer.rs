@@ -256,7 +256,9 @@ fn resource_type(action: &str) -> Option<&'static str> {
         "llm.chat" | "llm.embed" | "llm.route" => "Route",
         "tool.exec" => "Tool",
         "memory.read" | "memory.write" => "Scope",
-        "policy.reload" | "audit.read" | "doctor.approve" | "doctor.deny" => "System",
+        "policy.reload" | "audit.read" | "doctor.approve" | "doctor.deny" | "doctor.repair" => {
+            "System"
+        }
         _ => return None,
     })
 }
@@ -294,8 +296,8 @@ impl Authorizer {
             return Err(invalid(
                 "action",
                 "unknown action; known: llm.chat, llm.embed, llm.route, tool.exec, memory.read, \
-                 memory.write, policy.reload, audit.read, doctor.approve, doctor.deny (a resource \
-                 may follow a colon: tool.exec:ls)",
+                 memory.write, policy.reload, audit.read, doctor.approve, doctor.deny, \
+                 doctor.repair (a resource may follow a colon: tool.exec:ls)",
             ));
         };
         let resource = match (suffix, resource.trim()) {
@@ -606,6 +608,20 @@ mod tests {
                 true,
                 &["root-decides-the-doctors-queue"],
             ),
+            (
+                r#"Service::"synos-doctor""#,
+                "doctor.repair",
+                r#"System::"restart-unit:synos-memory.service""#,
+                true,
+                &["the-doctor-repairs-on-its-own"],
+            ),
+            (
+                r#"Service::"synos-router""#,
+                "doctor.repair",
+                r#"System::"cool-provider:openai""#,
+                false,
+                &[],
+            ),
         ];
         for (principal, action, resource, allowed, policies) in cases {
             let (decided, determining) = decide(&authorizer, principal, action, resource);
@@ -628,7 +644,7 @@ mod tests {
             ("50-local.cedar".to_owned(), custom.to_owned()),
         ])
         .unwrap();
-        assert_eq!(files.policy_count(), 15);
+        assert_eq!(files.policy_count(), 16);
         let authorizer = Authorizer::new(files, tools());
         assert_eq!(
             decide(&authorizer, r#"User::"bob""#, "tool.exec", r#"Tool::"rm""#),

@@ -286,6 +286,77 @@ async fn a_full_disk_is_an_incident_that_recovers_when_space_returns() {
     assert_eq!(recovered.incident.unwrap().id, incident.id);
 }
 
+#[tokio::test]
+async fn a_full_disk_gets_its_cache_emptied_oldest_first_and_recovers() {
+    let sandbox = Sandbox::new();
+    let disk = SmallFileSystem::mount(sandbox.path().join("small"), "1m");
+    let cache = disk.0.join("cache");
+    std::fs::create_dir_all(cache.join("router")).unwrap();
+    // A file outside the cache on the same disk, which must stay.
+    std::fs::write(disk.0.join("kept"), vec![1_u8; 200 * 1024]).unwrap();
+    sandbox.write_config(
+        "doctor",
+        &format!(
+            "[watch]\ndaemons = []\ninterval_ms = 200\n\n[resources]\npaths = [\"{}\"]\n\
+             disk_used_percent = 80.0\n\n[repairs]\nclean_directories = [\"{}\"]\n",
+            disk.0.display(),
+            cache.display()
+        ),
+    );
+    let _doctor = sandbox.start("doctor").await;
+    let mut doctor = doctor(&sandbox).await;
+    let mut events = doctor
+        .watch_incidents(WatchIncidentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // Four files of 200 KiB, each older than the next: with the kept one, about 98 % of 1 MiB.
+    for (index, name) in ["oldest", "older", "newer", "newest"].iter().enumerate() {
+        let path = cache.join("router").join(name);
+        let _ = std::fs::write(&path, vec![0_u8; 200 * 1024]);
+        let age = Duration::from_secs(3600 * (4 - index as u64));
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+    }
+    let opened = event_of_kind(
+        &mut events,
+        IncidentEventKind::Opened,
+        Duration::from_secs(3),
+    )
+    .await;
+    let incident = opened.incident.unwrap();
+    assert_eq!(incident.check, format!("disk:{}", disk.0.display()));
+    let recovered = event_of_kind(
+        &mut events,
+        IncidentEventKind::Recovered,
+        Duration::from_secs(5),
+    )
+    .await;
+    let recovered = recovered.incident.unwrap();
+    assert_eq!(recovered.id, incident.id);
+    // Below 75 % (the limit less the margin) once the two oldest are gone: the rest stay.
+    assert!(!cache.join("router/oldest").exists());
+    assert!(!cache.join("router/older").exists());
+    assert!(cache.join("router/newer").exists() && cache.join("router/newest").exists());
+    assert!(disk.0.join("kept").exists() && cache.join("router").is_dir());
+    // No policy daemon here, and the record says so.
+    assert!(
+        recovered
+            .actions
+            .iter()
+            .any(|action| action.contains(&format!(
+                "removed 2 files (400.0 KiB) from {}; now ",
+                cache.display()
+            )) && action.contains("(unaudited: the policy daemon was unreachable")),
+        "{:?}",
+        recovered.actions
+    );
+}
+
 /// A router over one remote provider, a stand-in that answers 503 to everything, and a doctor
 /// watching it every 200 ms with `doctor_extra` configuration; nothing started yet.
 async fn failing_provider(
@@ -357,8 +428,11 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
         assert!(Instant::now() < deadline, "no action recorded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // No policy daemon here to audit it, and the record says so.
     assert!(
-        acted.actions[0].ends_with("told the router to cool remote for 300 s"),
+        acted.actions[0].contains(
+            "told the router to cool remote for 300 s (unaudited: the policy daemon was unreachable"
+        ),
         "{:?}",
         acted.actions
     );
@@ -398,6 +472,71 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
         stdout.contains("SURVIVAL MODE: every remote LLM provider is down (1)"),
         "{stdout}"
     );
+}
+
+#[tokio::test]
+async fn a_repair_that_policy_forbids_is_recorded_and_not_carried_out() {
+    use synos_proto::llm::v1::router_client::RouterClient;
+    use synos_proto::llm::v1::{ListProvidersRequest, ProviderState};
+    let (_remote, sandbox) = failing_provider("").await;
+    let policies = sandbox.config_dir().join("policy.d");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::copy(
+        synos_integration_tests::repository_path("packaging/policy/00-defaults.cedar"),
+        policies.join("00-defaults.cedar"),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("50-no-cooling.cedar"),
+        "@id(\"no-cooling\")\nforbid (principal, action == Action::\"doctor.repair\", \
+         resource == System::\"cool-provider:remote\");\n",
+    )
+    .unwrap();
+    let _policy = sandbox.start("policy").await;
+    let _router = sandbox.start("llm-router").await;
+    let _doctor = sandbox.start("doctor").await;
+    let mut doctor = doctor(&sandbox).await;
+    all_serving(&mut doctor, Duration::from_secs(5)).await;
+    let mut router = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    let refused = router.chat(hello()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let acted = loop {
+        let listed = doctor
+            .list_incidents(ListIncidentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .incidents;
+        if let Some(found) = listed.into_iter().find(|found| !found.actions.is_empty()) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no action recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(acted.check, "provider:remote");
+    assert!(
+        acted.actions[0].ends_with(
+            "did not cool remote: policy does not allow Service::\"synos-doctor\" to \
+             cool-provider remote (no-cooling)"
+        ),
+        "{:?}",
+        acted.actions
+    );
+    // Only the router's own short cool, never the doctor's 300 s.
+    let remote = router
+        .list_providers(ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .providers
+        .into_iter()
+        .find(|provider| provider.name == "remote")
+        .unwrap();
+    if remote.state() == ProviderState::CoolingDown {
+        let remaining = remote.cooldown_remaining.unwrap().seconds;
+        assert!(remaining < 60, "cooled for {remaining} s");
+    }
 }
 
 #[tokio::test]
@@ -619,7 +758,7 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         .providers;
     assert_ne!(remote_state(providers), ProviderState::Drained);
     let mut policy_client = PolicyClient::new(channel(&sandbox.socket("policy")).await);
-    let audited: Vec<(String, String, String)> = policy_client
+    let records = policy_client
         .query_audit(QueryAuditRequest {
             limit: 100,
             ..QueryAuditRequest::default()
@@ -627,9 +766,35 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         .await
         .unwrap()
         .into_inner()
-        .records
+        .records;
+    // The doctor's own cooling was authorized and audited as the doctor, allowed by the
+    // shipped policy.
+    let repairs: Vec<(&str, &str, &str)> = records
+        .iter()
+        .filter(|record| record.action == "doctor.repair")
+        .map(|record| {
+            (
+                record.principal.as_str(),
+                record.resource.as_str(),
+                record.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert!(!repairs.is_empty(), "{records:?}");
+    assert!(
+        repairs.iter().all(|repair| *repair
+            == (
+                "Service::\"synos-doctor\"",
+                "System::\"cool-provider:remote\"",
+                "allow"
+            )),
+        "{repairs:?}"
+    );
+    let audited: Vec<(String, String, String)> = records
         .into_iter()
-        .filter(|record| record.action.starts_with("doctor."))
+        .filter(|record| {
+            record.action.starts_with("doctor.approve") || record.action.starts_with("doctor.deny")
+        })
         .map(|record| (record.principal, record.action, record.outcome))
         .collect();
     assert_eq!(
