@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use synos_common::units::bytes;
-use synos_proto::doctor::v1::IncidentEventKind;
 use tokio_util::sync::CancellationToken;
 
-use crate::incidents::SharedBook;
+use crate::incidents::{Opening, Openings, SharedBook};
 use crate::resources::{Limits, judge_disk};
 
 /// The prefix of a file system's check, followed by the watched path.
@@ -90,34 +89,14 @@ impl Cleaned {
 /// Cleans each full file system whose incident opens (or reopens) and records what was done in
 /// the incident.
 pub async fn clean_full_disks(cleanup: Cleanup, shutdown: CancellationToken) {
-    let mut events = cleanup
-        .book
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .subscribe();
-    loop {
-        let event = tokio::select! {
-            event = events.recv() => event,
-            () = shutdown.cancelled() => return,
-        };
-        let event = match event {
-            Ok(event) => event,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        if !matches!(
-            event.kind(),
-            IncidentEventKind::Opened | IncidentEventKind::Reopened
-        ) {
-            continue;
-        }
-        let Some(incident) = event.incident else {
-            continue;
-        };
-        let Some(watched) = incident.check.strip_prefix(PREFIX) else {
-            continue;
-        };
-        for line in clean(&cleanup, Path::new(watched)).await {
+    let mut openings = Openings::new(&cleanup.book, PREFIX);
+    while let Some(Opening {
+        incident,
+        subject: watched,
+        ..
+    }) = openings.next(&shutdown).await
+    {
+        for line in clean(&cleanup, Path::new(&watched)).await {
             tracing::info!(incident = %incident.id, %line, "action");
             cleanup
                 .book

@@ -810,6 +810,69 @@ pub async fn write_incidents(
     }
 }
 
+/// The incidents of one kind of check as they open or reopen: what a repair listens to.
+pub struct Openings {
+    events: broadcast::Receiver<IncidentEvent>,
+    prefix: &'static str,
+}
+
+/// One opened or reopened incident, as [`Openings`] gives it.
+pub struct Opening {
+    /// The incident.
+    pub incident: Incident,
+    /// Its check, less the prefix: the provider, unit or path it is about.
+    pub subject: String,
+    /// Whether it opened again after it had recovered.
+    pub reopened: bool,
+}
+
+impl Openings {
+    /// Incidents of checks named `prefix…` that open or reopen from now on.
+    pub fn new(book: &SharedBook, prefix: &'static str) -> Self {
+        let events = book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .subscribe();
+        Self { events, prefix }
+    }
+
+    /// The next opening; `None` once `shutdown` is cancelled or the book is gone. A repair
+    /// that falls behind skips what it missed rather than repair from stale news.
+    pub async fn next(
+        &mut self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<Opening> {
+        loop {
+            let event = tokio::select! {
+                event = self.events.recv() => event,
+                () = shutdown.cancelled() => return None,
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            let reopened = match event.kind() {
+                IncidentEventKind::Opened => false,
+                IncidentEventKind::Reopened => true,
+                _ => continue,
+            };
+            let Some(incident) = event.incident else {
+                continue;
+            };
+            let Some(subject) = incident.check.strip_prefix(self.prefix) else {
+                continue;
+            };
+            let subject = subject.to_owned();
+            return Some(Opening {
+                incident,
+                subject,
+                reopened,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::UNIX_EPOCH;

@@ -690,6 +690,16 @@ mod tests {
         config.resources.paths = Some(vec!["relative".into()]);
         config.watch.failures_to_open = 0;
         config.metrics.listen = "0.0.0.0:9477".to_owned();
+        // Relative, too shallow (emptying /var would be a disaster) and climbing out: only the
+        // last is a cache directory the doctor may empty.
+        config.repairs.clean_directories = [
+            "cache",
+            "/var",
+            "/var/cache/../lib/synos",
+            "/var/cache/synos",
+        ]
+        .map(std::path::PathBuf::from)
+        .to_vec();
         let keys: Vec<String> = config
             .problems()
             .into_iter()
@@ -701,8 +711,27 @@ mod tests {
                 "watch.failures_to_open",
                 "resources.disk_used_percent",
                 "resources.paths",
+                "repairs.clean_directories.0",
+                "repairs.clean_directories.1",
+                "repairs.clean_directories.2",
                 "metrics.listen"
             ]
+        );
+    }
+
+    #[test]
+    fn a_cache_directory_overlapping_what_synos_keeps_is_never_cleaned() {
+        let state = std::path::Path::new("/var/lib/synos");
+        let models = std::path::Path::new("/usr/share/synos/models");
+        let asked = [
+            "/var/cache/synos",
+            "/var/lib/synos/memory",
+            "/usr/share/synos",
+        ]
+        .map(std::path::PathBuf::from);
+        assert_eq!(
+            cleanable(&asked, &[state, models]),
+            [std::path::PathBuf::from("/var/cache/synos")]
         );
     }
 }

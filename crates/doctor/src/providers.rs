@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use synos_proto::doctor::v1::{DaemonHealth, IncidentEventKind};
+use synos_proto::doctor::v1::DaemonHealth;
 use synos_proto::llm::v1::router_client::RouterClient;
 use synos_proto::llm::v1::{
     ListProvidersRequest, ListProvidersResponse, ProviderAction, ProviderState,
@@ -16,7 +16,7 @@ use synos_proto::llm::v1::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::incidents::{Observation, SharedBook};
+use crate::incidents::{Observation, Opening, Openings, SharedBook};
 
 /// The prefix of provider checks.
 pub const PREFIX: &str = "provider:";
@@ -106,33 +106,14 @@ pub async fn repair_failing_providers(
     timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut events = book
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .subscribe();
-    loop {
-        let event = tokio::select! {
-            event = events.recv() => event,
-            () = shutdown.cancelled() => return,
-        };
-        let event = match event {
-            Ok(event) => event,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        let kind = event.kind();
-        if !matches!(
-            kind,
-            IncidentEventKind::Opened | IncidentEventKind::Reopened
-        ) {
-            continue;
-        }
-        let Some(incident) = event.incident else {
-            continue;
-        };
-        let Some(provider) = incident.check.strip_prefix(PREFIX) else {
-            continue;
-        };
+    let mut openings = Openings::new(&book, PREFIX);
+    while let Some(Opening {
+        incident,
+        subject: provider,
+        reopened,
+    }) = openings.next(&shutdown).await
+    {
+        let provider = provider.as_str();
         if let Some(cool_for) = repairs.cool_for {
             let line = match crate::approvals::authorize_repair(
                 &repairs.policy,
@@ -166,7 +147,7 @@ pub async fn repair_failing_providers(
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .record_action(&incident.id, &line);
         }
-        if repairs.propose_drain && kind == IncidentEventKind::Reopened {
+        if repairs.propose_drain && reopened {
             let proposed = book
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
