@@ -449,7 +449,7 @@ kill_until_systemd_gives_up() { # kill_until_systemd_gives_up DAEMON: SIGKILL it
 }
 doctor_restarts_then_asks() {
   # Test limits: the doctor restarts a unit once on its own, 1 s after systemd gives up.
-  local dropin=/run/systemd/system/synos-doctor.service.d pending id
+  local dropin=/run/systemd/system/synos-doctor.service.d pending id report status
   inside mkdir -p "$dropin"
   inside sh -c "printf '[Service]\nEnvironment=SYNOS_DOCTOR_REPAIRS__UNIT_RESTARTS=1 SYNOS_DOCTOR_REPAIRS__UNIT_RESTART_BACKOFF_S=1\n' >$dropin/test-limits.conf"
   inside systemctl daemon-reload && inside systemctl restart synos-doctor.service &&
@@ -477,12 +477,26 @@ doctor_restarts_then_asks() {
   id="$(grep -B3 -A3 '"restart-unit"' <<<"$pending" | grep -oE '"id": "[0-9a-f-]+"' | head -n 1 | cut -d'"' -f4)"
   [ -n "$id" ] || { echo "no restart-unit proposal: $pending"; inside synosctl doctor incidents; return 1; }
   given_up synos-hwaccel.service || { echo "restarted without approval"; return 1; }
+  report="$(inside synosctl doctor report 2>&1 || true)"
+  grep -q "^survival: synos-hwaccel.service stays failed" <<<"$report" ||
+    { echo "not in survival mode while a daemon stays failed: $report"; return 1; }
+  # synosctl status exits non-zero while a daemon is down; what it prints is what counts.
+  status="$(inside synosctl status 2>&1 || true)"
+  grep -q "SURVIVAL MODE: synos-hwaccel.service stays failed" <<<"$status" ||
+    { echo "synosctl status does not show survival mode: $status"; return 1; }
   inside synosctl doctor approve "$id" || return 1
   wait_active synos-hwaccel.service || return 1
+  for _ in $(seq 100); do
+    report="$(inside synosctl doctor report 2>&1 || true)"
+    grep -q "^survival: synos-hwaccel" <<<"$report" || break
+    sleep 0.1
+  done
+  ! grep -q "^survival: synos-hwaccel" <<<"$report" ||
+    { echo "still in survival mode after the approved restart: $report"; return 1; }
   inside synosctl doctor pending --all --json | grep -A8 "\"$id\"" | grep -q '"state": "done"' ||
     { inside synosctl doctor pending --all; return 1; }
 }
-check "killed until systemd gives up, the doctor restarts it; again, it asks, and approving restarts it" \
+check "killed until systemd gives up, the doctor restarts it; again, it asks (survival mode until then), and approving restarts it" \
   doctor_restarts_then_asks
 # Whatever happened, the doctor gets its packaged limits back and hwaccel runs.
 inside rm -rf /run/systemd/system/synos-doctor.service.d

@@ -85,6 +85,11 @@ impl Connected {
     }
 }
 
+/// A duration argument such as `30d`, `12h`, `90s` or `1h 30m`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 30d, 12h, 1h 30m)"))
+}
+
 pub(crate) fn duration_from(duration: Option<prost_types::Duration>) -> Option<Duration> {
     duration.and_then(|duration| Duration::try_from(duration).ok())
 }

@@ -9,7 +9,8 @@ use synos_common::exit;
 use synos_proto::llm::v1::router_client::RouterClient;
 use synos_proto::llm::v1::{
     self as api, ChatMessage, ChatRequest, CreateKeyRequest, GetUsageRequest, ListKeysRequest,
-    ListProvidersRequest, RevokeKeyRequest, chat_stream_event,
+    ListProvidersRequest, ProviderAction, RevokeKeyRequest, SetProviderStateRequest,
+    chat_stream_event,
 };
 
 use crate::Cli;
@@ -187,29 +188,11 @@ pub(crate) async fn providers(cli: &Cli, as_json: bool) -> CommandResult {
         .await
         .map_err(|status| connection.call_failed(&status))?
         .into_inner();
-    let state = |provider: &api::Provider| {
-        enum_name(provider.state().as_str_name().into(), "PROVIDER_STATE_")
-    };
     let tier = |provider: &api::Provider| enum_name(provider.tier().as_str_name().into(), "TIER_");
     let trust =
         |provider: &api::Provider| enum_name(provider.trust().as_str_name().into(), "TRUST_");
     if as_json {
-        let providers: Vec<Value> = reply
-            .providers
-            .iter()
-            .map(|provider| {
-                json!({
-                    "name": provider.name, "kind": provider.kind, "base_url": provider.base_url,
-                    "state": state(provider), "state_reason": provider.state_reason,
-                    "tier": tier(provider), "trust": trust(provider),
-                    "cooldown_remaining_ms": milliseconds(provider.cooldown_remaining),
-                    "breaker": enum_name(provider.breaker().as_str_name().into(), "BREAKER_STATE_"),
-                    "recent_latency_ms": milliseconds(provider.recent_latency),
-                    "in_flight": provider.in_flight, "max_concurrency": provider.max_concurrency,
-                    "requests": provider.requests, "failures": provider.failures,
-                })
-            })
-            .collect();
+        let providers: Vec<Value> = reply.providers.iter().map(provider_json).collect();
         emit_json(&json!({ "providers": providers, "policy_gate": reply.policy_gate }));
         return Ok(exit::OK);
     }
@@ -233,15 +216,11 @@ pub(crate) async fn providers(cli: &Cli, as_json: bool) -> CommandResult {
         .providers
         .iter()
         .map(|provider| {
-            let mut state_text = state(provider);
-            if let Some(left) = duration_from(provider.cooldown_remaining) {
-                state_text.push_str(&format!(" ({} s)", left.as_secs()));
-            }
             vec![
                 provider.name.clone(),
                 tier(provider),
                 trust(provider),
-                state_text,
+                state_with_time_left(provider),
                 milliseconds(provider.recent_latency)
                     .map_or_else(|| "-".to_owned(), |latency| format!("{latency} ms")),
                 format!("{}/{}", provider.in_flight, provider.max_concurrency),
@@ -258,6 +237,73 @@ pub(crate) async fn providers(cli: &Cli, as_json: bool) -> CommandResult {
         }
     }
     emit(&reply.policy_gate);
+    Ok(exit::OK)
+}
+
+/// A provider's state in lower case, e.g. "cooling_down".
+fn provider_state(provider: &api::Provider) -> String {
+    enum_name(provider.state().as_str_name().into(), "PROVIDER_STATE_")
+}
+
+/// Its state with the cooldown left, e.g. "cooling_down (42 s)".
+fn state_with_time_left(provider: &api::Provider) -> String {
+    let mut text = provider_state(provider);
+    if let Some(left) = duration_from(provider.cooldown_remaining) {
+        text.push_str(&format!(" ({} s)", left.as_secs()));
+    }
+    text
+}
+
+/// One provider as `--json` prints it.
+fn provider_json(provider: &api::Provider) -> Value {
+    json!({
+        "name": provider.name, "kind": provider.kind, "base_url": provider.base_url,
+        "state": provider_state(provider), "state_reason": provider.state_reason,
+        "tier": enum_name(provider.tier().as_str_name().into(), "TIER_"),
+        "trust": enum_name(provider.trust().as_str_name().into(), "TRUST_"),
+        "cooldown_remaining_ms": milliseconds(provider.cooldown_remaining),
+        "breaker": enum_name(provider.breaker().as_str_name().into(), "BREAKER_STATE_"),
+        "recent_latency_ms": milliseconds(provider.recent_latency),
+        "in_flight": provider.in_flight, "max_concurrency": provider.max_concurrency,
+        "requests": provider.requests, "failures": provider.failures,
+    })
+}
+
+/// `synosctl llm provider drain|cool|restore`: tells the router, then prints the provider's
+/// state as the router now has it.
+pub(crate) async fn set_provider_state(
+    cli: &Cli,
+    name: &str,
+    action: ProviderAction,
+    cool_for: Option<Duration>,
+    as_json: bool,
+) -> CommandResult {
+    let (connection, mut client) = router(cli).await?;
+    let provider = client
+        .set_provider_state(SetProviderStateRequest {
+            name: name.to_owned(),
+            action: action.into(),
+            cool_for: cool_for.and_then(|duration| prost_types::Duration::try_from(duration).ok()),
+        })
+        .await
+        .map_err(|status| connection.call_failed(&status))?
+        .into_inner();
+    if as_json {
+        emit_json(&provider_json(&provider));
+    } else if provider.state_reason.is_empty() {
+        emit(&format!(
+            "{}: {}",
+            provider.name,
+            state_with_time_left(&provider)
+        ));
+    } else {
+        emit(&format!(
+            "{}: {} ({})",
+            provider.name,
+            state_with_time_left(&provider),
+            provider.state_reason
+        ));
+    }
     Ok(exit::OK)
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use synos_common::identity::RUNTIME_DIR;
+use synos_proto::llm::v1::ProviderAction;
 
 /// Talks to the SynOS daemons over their Unix sockets.
 #[derive(Debug, Parser)]
@@ -124,6 +125,9 @@ enum LlmCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Take a provider out of rotation, cool it for a while, or put it back
+    #[command(subcommand)]
+    Provider(ProviderCommand),
     /// Today's tokens, cost and budgets per route, principal and provider
     Usage {
         /// Print JSON
@@ -133,6 +137,37 @@ enum LlmCommand {
     /// Bearer keys for the OpenAI-compatible HTTP endpoint
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ProviderCommand {
+    /// No new requests until it is restored; requests in flight finish
+    Drain {
+        /// The provider, as `synosctl llm providers` lists it
+        name: String,
+        /// Print the provider's new state as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Skip it for a while, as after a rate limit
+    Cool {
+        /// The provider, as `synosctl llm providers` lists it
+        name: String,
+        /// How long, e.g. 90s, 10m (the router caps it)
+        #[arg(long = "for", value_name = "DURATION", default_value = "60s", value_parser = commands::parse_duration)]
+        cool_for: Duration,
+        /// Print the provider's new state as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back into rotation: clears a drain, a cooldown and an open circuit breaker
+    Restore {
+        /// The provider, as `synosctl llm providers` lists it
+        name: String,
+        /// Print the provider's new state as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -173,7 +208,7 @@ enum MemoryCommand {
         #[arg(long)]
         importance: Option<f32>,
         /// Forget it after this long, e.g. 30d, 12h, "1h 30m"
-        #[arg(long, value_name = "DURATION", value_parser = memory::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = commands::parse_duration)]
         expires: Option<Duration>,
         /// Who or what it comes from
         #[arg(long, default_value = "synosctl")]
@@ -530,6 +565,20 @@ fn main() -> ExitCode {
             }) => llm::chat(&cli, route, prompt, *max_tokens, *json).await,
             Command::Llm(LlmCommand::Providers { json }) => llm::providers(&cli, *json).await,
             Command::Llm(LlmCommand::Usage { json }) => llm::usage(&cli, *json).await,
+            Command::Llm(LlmCommand::Provider(ProviderCommand::Drain { name, json })) => {
+                llm::set_provider_state(&cli, name, ProviderAction::Drain, None, *json).await
+            }
+            Command::Llm(LlmCommand::Provider(ProviderCommand::Cool {
+                name,
+                cool_for,
+                json,
+            })) => {
+                llm::set_provider_state(&cli, name, ProviderAction::Cool, Some(*cool_for), *json)
+                    .await
+            }
+            Command::Llm(LlmCommand::Provider(ProviderCommand::Restore { name, json })) => {
+                llm::set_provider_state(&cli, name, ProviderAction::Restore, None, *json).await
+            }
             Command::Llm(LlmCommand::Keys(KeysCommand::Create { principal, routes })) => {
                 llm::keys_create(&cli, principal, routes).await
             }

@@ -35,11 +35,6 @@ pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// A duration such as `30d`, `12h` or `1h 30m` for `--expires`.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|error| format!("{error} (e.g. 30d, 12h, 1h 30m)"))
-}
-
 fn record_json(record: &api::MemoryRecord) -> Value {
     json!({
         "id": record.id,
@@ -469,7 +464,14 @@ mod tests {
             Ok(("topic".into(), "tea=green".into()))
         );
         assert!(parse_label("=x").is_err());
-        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
-        assert!(parse_duration("soon").unwrap_err().contains("e.g. 30d"));
+        assert_eq!(
+            crate::commands::parse_duration("30d"),
+            Ok(Duration::from_secs(30 * 86_400))
+        );
+        assert!(
+            crate::commands::parse_duration("soon")
+                .unwrap_err()
+                .contains("e.g. 30d")
+        );
     }
 }

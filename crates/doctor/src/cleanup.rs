@@ -10,10 +10,7 @@ use synos_common::units::bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::incidents::{Opening, Openings, SharedBook};
-use crate::resources::{Limits, judge_disk};
-
-/// The prefix of a file system's check, followed by the watched path.
-const PREFIX: &str = "disk:";
+use crate::resources::{DISK_PREFIX, Limits, judge_disk};
 
 /// Percentage points below the limit a cleaning aims for, so that the next write does not
 /// cross the limit and open the incident again.
@@ -89,7 +86,7 @@ impl Cleaned {
 /// Cleans each full file system whose incident opens (or reopens) and records what was done in
 /// the incident.
 pub async fn clean_full_disks(cleanup: Cleanup, shutdown: CancellationToken) {
-    let mut openings = Openings::new(&cleanup.book, PREFIX);
+    let mut openings = Openings::new(&cleanup.book, DISK_PREFIX);
     while let Some(Opening {
         incident,
         subject: watched,

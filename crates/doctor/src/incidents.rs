@@ -472,7 +472,9 @@ impl Book {
     }
 
     /// Why the system is in survival mode: every remote provider down (with at least one
-    /// configured), or memory critical. Empty when it is not.
+    /// configured), a daemon's unit still failed after the doctor's restarts (an operator is
+    /// asked to approve the next), or a resource critical: memory, its pressure, a watched
+    /// disk. Empty when it is not.
     pub fn survival_reasons(&self) -> Vec<String> {
         let critical = |state: &CheckState| state.open_incident.is_some();
         let mut reasons = Vec::new();
@@ -488,10 +490,28 @@ impl Book {
                 providers.len()
             ));
         }
-        for name in ["memory", "pressure:memory"] {
-            if let Some(state) = self.checks.get(name)
-                && critical(state)
+        for (check, state) in &self.checks {
+            let Some(incident) = &state.open_incident else {
+                continue;
+            };
+            if let Some(unit) = check.strip_prefix(crate::units::PREFIX)
+                && let Some(proposal) = self.proposals.iter().find(|proposal| {
+                    proposal.state == PendingState::Pending
+                        && proposal.action == Action::RestartUnit
+                        && &proposal.incident_id == incident
+                })
             {
+                reasons.push(format!(
+                    "{unit} stays failed after the doctor's restarts: restarting it waits for an operator (synosctl doctor approve {})",
+                    proposal.id
+                ));
+            }
+        }
+        for (name, state) in &self.checks {
+            let resource = name == "memory"
+                || name == "pressure:memory"
+                || name.starts_with(crate::resources::DISK_PREFIX);
+            if resource && critical(state) {
                 reasons.push(format!("{name} critical: {}", state.detail));
             }
         }
@@ -976,7 +996,7 @@ mod tests {
     }
 
     #[test]
-    fn survival_needs_every_remote_provider_down_or_memory_critical() {
+    fn survival_needs_every_remote_provider_down_a_unit_given_up_or_a_critical_resource() {
         let (writes, _written) = mpsc::unbounded_channel();
         let mut book = Book::new(
             Thresholds {
@@ -984,7 +1004,7 @@ mod tests {
                 successes_to_recover: 1,
                 flap_window: Duration::from_secs(600),
             },
-            &["memory".to_owned()],
+            &["memory", "disk:/var/lib/synos", "unit:synos-memory.service"].map(str::to_owned),
             History::default(),
             writes,
         );
@@ -1011,6 +1031,37 @@ mod tests {
                 .starts_with("SURVIVAL: memory critical: down; ")
         );
         book.observe(&see("memory", true));
+        assert!(book.survival_reasons().is_empty());
+
+        book.observe(&see("disk:/var/lib/synos", false));
+        assert_eq!(
+            book.survival_reasons(),
+            ["disk:/var/lib/synos critical: down"]
+        );
+        book.observe(&see("disk:/var/lib/synos", true));
+
+        // A failed unit is not survival while the doctor still restarts it; it is once the
+        // doctor has given up and asks an operator, and no longer once it runs again.
+        let unit = "unit:synos-memory.service";
+        book.observe(&see(unit, false));
+        assert!(book.survival_reasons().is_empty(), "still being restarted");
+        let incident = book.open_incident(unit).unwrap();
+        let proposal = book
+            .propose(
+                &incident,
+                Action::RestartUnit,
+                "synos-memory.service",
+                "failed again",
+            )
+            .unwrap();
+        assert_eq!(
+            book.survival_reasons(),
+            [format!(
+                "synos-memory.service stays failed after the doctor's restarts: restarting it waits for an operator (synosctl doctor approve {})",
+                proposal.id
+            )]
+        );
+        book.observe(&see(unit, true));
         assert!(book.survival_reasons().is_empty());
     }
 

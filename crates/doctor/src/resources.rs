@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::incidents::Observation;
 
+/// The prefix of a file system's check, followed by the watched path.
+pub const DISK_PREFIX: &str = "disk:";
+
 /// When a resource counts as failing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
@@ -77,7 +80,7 @@ impl Resources {
         let mut names: Vec<String> = self
             .paths
             .iter()
-            .map(|path| format!("disk:{}", path.display()))
+            .map(|path| format!("{DISK_PREFIX}{}", path.display()))
             .collect();
         names.push("memory".to_owned());
         if self.proc_file("pressure/memory").exists() {
@@ -98,7 +101,7 @@ impl Resources {
         };
         let mut seen = Vec::new();
         for path in &self.paths {
-            let check = format!("disk:{}", path.display());
+            let check = format!("{DISK_PREFIX}{}", path.display());
             seen.push(match synos_common::filesystem::usage(path) {
                 Ok(usage) => {
                     let (ok, detail) = judge_disk(&usage, &self.limits);

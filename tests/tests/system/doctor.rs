@@ -251,7 +251,7 @@ async fn history_survives_the_doctors_restart_and_run_check_counts() {
 }
 
 #[tokio::test]
-async fn a_full_disk_is_an_incident_that_recovers_when_space_returns() {
+async fn a_full_disk_is_an_incident_and_survival_mode_until_space_returns() {
     let sandbox = Sandbox::new();
     let disk = SmallFileSystem::mount(sandbox.path().join("small"), "1m");
     sandbox.write_config(
@@ -280,10 +280,33 @@ async fn a_full_disk_is_an_incident_that_recovers_when_space_returns() {
         "{:?}",
         incident.evidence
     );
+    // A critical resource is survival mode, until it recovers.
+    let report = doctor
+        .get_report(GetReportRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.state(), OverallState::Survival);
+    assert!(
+        report.survival_reasons[0].starts_with(&format!("{check} critical: ")),
+        "{:?}",
+        report.survival_reasons
+    );
     std::fs::remove_file(disk.0.join("ballast")).unwrap();
     let recovered = next_event(&mut events, Duration::from_secs(3)).await;
     assert_eq!(recovered.kind(), IncidentEventKind::Recovered);
     assert_eq!(recovered.incident.unwrap().id, incident.id);
+    let report = doctor
+        .get_report(GetReportRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        report.survival_reasons.is_empty(),
+        "{:?}",
+        report.survival_reasons
+    );
+    assert_ne!(report.state(), OverallState::Survival);
 }
 
 #[tokio::test]
@@ -872,6 +895,50 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         "{:?}",
         incident.actions
     );
+
+    // The operator puts it back with synosctl once the network is fixed.
+    let (code, stdout, stderr) = sandbox
+        .synosctl(&["llm", "provider", "restore", "remote"])
+        .await;
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "remote: available\n"),
+        "{stderr}"
+    );
+    let providers = router
+        .list_providers(ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .providers;
+    assert_eq!(remote_state(providers), ProviderState::Available);
+    let (code, stdout, stderr) = sandbox
+        .synosctl(&[
+            "llm", "provider", "cool", "remote", "--for", "90s", "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    let cooled: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(cooled["state"], "cooling_down", "{cooled}");
+    assert!(
+        cooled["cooldown_remaining_ms"].as_u64().unwrap() > 85_000,
+        "{cooled}"
+    );
+    let (code, _, stderr) = sandbox
+        .synosctl(&["llm", "provider", "drain", "no-such-provider"])
+        .await;
+    assert_eq!(
+        (code, stderr.trim()),
+        (
+            1,
+            "synos-llm-router: not found: no provider \"no-such-provider\""
+        )
+    );
+    let (code, _, stderr) = sandbox
+        .synosctl(&["llm", "provider", "cool", "remote", "--for", "soon"])
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("e.g. 30d"), "{stderr}");
 }
 
 #[tokio::test]
