@@ -2,9 +2,18 @@
 //! cache directories it owns there (what SynOS can rebuild), oldest files first, until the file
 //! system is back below the limit with a margin.
 
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use synos_common::units::bytes;
 use tokio_util::sync::CancellationToken;
@@ -160,12 +169,19 @@ pub fn on_file_system_of(watched: &Path, directories: &[PathBuf]) -> Vec<PathBuf
 /// Deletes the files under `directory`, oldest change first, until its file system is
 /// [`MARGIN_PERCENT`] below `limits` (space and inodes). It never follows a symbolic link,
 /// never leaves the file system, and leaves directories in place (their owners expect them).
+///
+/// Members of group synos may write in a cache directory, so they could swap a directory
+/// below it for a link between the walk and a removal: every step therefore goes through the
+/// descriptor of the directory above it (`openat` with `O_NOFOLLOW`, `unlinkat`), never
+/// through a path the kernel would resolve again.
 pub fn empty_oldest_first(directory: &Path, limits: &Limits) -> Result<Cleaned, String> {
-    let root = std::fs::symlink_metadata(directory)
-        .map_err(|error| format!("cannot inspect it: {error}"))?;
-    if !root.is_dir() {
-        return Err("not a directory".to_owned());
-    }
+    let root = open_directory(AT_FDCWD, directory).map_err(|error| match error {
+        Errno::ENOTDIR | Errno::ELOOP => "not a directory".to_owned(),
+        error => format!("cannot open it: {}", error.desc()),
+    })?;
+    let device = fstat(&root)
+        .map_err(|error| format!("cannot inspect it: {}", error.desc()))?
+        .st_dev;
     let aim = Limits {
         disk_used_percent: limits.disk_used_percent - MARGIN_PERCENT,
         inodes_used_percent: limits.inodes_used_percent - MARGIN_PERCENT,
@@ -178,20 +194,24 @@ pub fn empty_oldest_first(directory: &Path, limits: &Limits) -> Result<Cleaned, 
     };
     let mut cleaned = Cleaned::default();
     let mut files = Vec::new();
-    collect_files(directory, root.dev(), 0, &mut files, &mut cleaned);
+    collect_files(&root, device, &mut PathBuf::new(), &mut files, &mut cleaned);
     files.sort();
-    for (_, size, path) in files {
+    for (_, size, relative) in files {
         if below_aim()?.0 {
             break;
         }
-        match std::fs::remove_file(&path) {
+        match remove_beneath(&root, device, &relative) {
             Ok(()) => {
                 cleaned.files += 1;
                 cleaned.bytes += size;
             }
             // Its owner removed it first.
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => cleaned.problem(format!("{}: {error}", path.display())),
+            Err(Errno::ENOENT) => {}
+            Err(error) => cleaned.problem(format!(
+                "{}: {}",
+                directory.join(&relative).display(),
+                error.desc()
+            )),
         }
     }
     let usage = synos_common::filesystem::usage(directory)
@@ -200,39 +220,94 @@ pub fn empty_oldest_first(directory: &Path, limits: &Limits) -> Result<Cleaned, 
     Ok(cleaned)
 }
 
-/// Every file and symbolic link under `directory` on `device`: (modified, size, path).
+/// The directory `name` in `parent`, opened only if it is one itself (not a link to one).
+fn open_directory<Parent: AsFd, Name: ?Sized + nix::NixPath>(
+    parent: Parent,
+    name: &Name,
+) -> nix::Result<OwnedFd> {
+    openat(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Every file and symbolic link below `directory` on `device`, as (modified, size, path
+/// relative to the cleaned directory); `relative` is `directory`'s own.
 fn collect_files(
-    directory: &Path,
+    directory: &OwnedFd,
     device: u64,
-    depth: usize,
+    relative: &mut PathBuf,
     files: &mut Vec<(SystemTime, u64, PathBuf)>,
     cleaned: &mut Cleaned,
 ) {
-    let entries = match std::fs::read_dir(directory) {
-        Ok(entries) => entries,
+    let listing = directory
+        .try_clone()
+        .map_err(|error| Errno::from_raw(error.raw_os_error().unwrap_or(0)))
+        .and_then(Dir::from_fd);
+    let mut listing = match listing {
+        Ok(listing) => listing,
         Err(error) => {
-            cleaned.problem(format!("{}: {error}", directory.display()));
+            cleaned.problem(format!("{}: {}", relative.display(), error.desc()));
             return;
         }
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        // symlink_metadata: a link is itself the file, never what it points to.
-        let Ok(found) = std::fs::symlink_metadata(&path) else {
+    for entry in listing.iter().flatten() {
+        let name = OsStr::from_bytes(entry.file_name().to_bytes());
+        if name == "." || name == ".." {
+            continue;
+        }
+        // AT_SYMLINK_NOFOLLOW: a link is itself the file, never what it points to.
+        let Ok(found) = fstatat(directory, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
             continue;
         };
-        if found.dev() != device {
+        if found.st_dev != device {
             continue;
         }
-        if found.is_dir() {
-            if depth < MAX_DEPTH {
-                collect_files(&path, device, depth + 1, files, cleaned);
+        let kind = SFlag::from_bits_truncate(found.st_mode) & SFlag::S_IFMT;
+        relative.push(name);
+        if kind == SFlag::S_IFDIR {
+            if relative.components().count() <= MAX_DEPTH
+                && let Ok(below) = open_directory(directory, name)
+            {
+                collect_files(&below, device, relative, files, cleaned);
             }
-        } else if found.is_file() || found.is_symlink() {
-            let modified = found.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-            files.push((modified, found.len(), path));
+        } else if kind == SFlag::S_IFREG || kind == SFlag::S_IFLNK {
+            let modified = SystemTime::UNIX_EPOCH
+                + Duration::new(
+                    u64::try_from(found.st_mtime).unwrap_or(0),
+                    u32::try_from(found.st_mtime_nsec).unwrap_or(0),
+                );
+            files.push((
+                modified,
+                u64::try_from(found.st_size).unwrap_or(0),
+                relative.clone(),
+            ));
         }
+        relative.pop();
     }
+}
+
+/// Removes the file at `relative` below `root`, going down one directory at a time without
+/// following links or leaving `device`.
+fn remove_beneath(root: &OwnedFd, device: u64, relative: &Path) -> nix::Result<()> {
+    let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
+        return Err(Errno::EINVAL);
+    };
+    let mut directory: Option<OwnedFd> = None;
+    for step in parent.components() {
+        let below = open_directory(directory.as_ref().unwrap_or(root), step.as_os_str())?;
+        if fstat(&below)?.st_dev != device {
+            return Err(Errno::EXDEV);
+        }
+        directory = Some(below);
+    }
+    unlinkat(
+        directory.as_ref().unwrap_or(root),
+        name,
+        UnlinkatFlags::NoRemoveDir,
+    )
 }
 
 #[cfg(test)]
@@ -304,6 +379,40 @@ mod tests {
         assert_eq!(
             empty_oldest_first(&outside, &full).unwrap_err(),
             "not a directory"
+        );
+        std::os::unix::fs::symlink(&cache, here.path().join("cache-link")).unwrap();
+        assert_eq!(
+            empty_oldest_first(&here.path().join("cache-link"), &full).unwrap_err(),
+            "not a directory"
+        );
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_link_after_the_walk_steers_no_removal_elsewhere() {
+        let here = tempfile::tempdir().unwrap();
+        let cache = here.path().join("cache");
+        std::fs::create_dir_all(cache.join("nested")).unwrap();
+        std::fs::write(cache.join("nested/file"), "cache").unwrap();
+        let kept = here.path().join("state");
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join("file"), "precious").unwrap();
+        let root = open_directory(AT_FDCWD, &cache).unwrap();
+        let device = fstat(&root).unwrap().st_dev;
+        let (mut files, mut cleaned) = (Vec::new(), Cleaned::default());
+        collect_files(&root, device, &mut PathBuf::new(), &mut files, &mut cleaned);
+        assert_eq!(files.len(), 1);
+        // Between the walk and the removal, a group member swaps the directory for a link to
+        // a directory the doctor may write.
+        std::fs::remove_dir_all(cache.join("nested")).unwrap();
+        std::os::unix::fs::symlink(&kept, cache.join("nested")).unwrap();
+        let refused = remove_beneath(&root, device, &files[0].2).unwrap_err();
+        assert!(
+            matches!(refused, Errno::ELOOP | Errno::ENOTDIR),
+            "{refused}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(kept.join("file")).unwrap(),
+            "precious"
         );
     }
 }
