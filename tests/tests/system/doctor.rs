@@ -8,8 +8,8 @@ use nix::sys::signal::Signal;
 use synos_integration_tests::{Sandbox, SmallFileSystem, channel, status_line};
 use synos_proto::doctor::v1::doctor_client::DoctorClient;
 use synos_proto::doctor::v1::{
-    DaemonHealth, GetReportRequest, IncidentEvent, IncidentEventKind, IncidentState,
-    ListIncidentsRequest, OverallState, RunCheckRequest, WatchIncidentsRequest,
+    DaemonHealth, GetReportRequest, GetReportResponse, IncidentEvent, IncidentEventKind,
+    IncidentState, ListIncidentsRequest, OverallState, RunCheckRequest, WatchIncidentsRequest,
 };
 use tonic::Code;
 use tonic::Streaming;
@@ -20,14 +20,19 @@ async fn doctor(sandbox: &Sandbox) -> DoctorClient<Channel> {
 }
 
 /// Waits up to `within` for the doctor to see every watched daemon serving.
+/// The doctor's report now.
+async fn current_report(doctor: &mut DoctorClient<Channel>) -> GetReportResponse {
+    doctor
+        .get_report(GetReportRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn all_serving(doctor: &mut DoctorClient<Channel>, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let report = doctor
-            .get_report(GetReportRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let report = current_report(doctor).await;
         // Only the daemons: a nearly full disk on the test machine is not this test's business.
         if report
             .daemons
@@ -55,11 +60,7 @@ async fn a_death_is_an_incident_within_2_s_and_a_flapping_daemon_stays_one_incid
     let mut daemons = sandbox.start_all().await;
     let mut doctor = doctor(&sandbox).await;
     all_serving(&mut doctor, Duration::from_secs(5)).await;
-    let report = doctor
-        .get_report(GetReportRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = current_report(&mut doctor).await;
     let names: Vec<&str> = report
         .checks
         .iter()
@@ -96,11 +97,7 @@ async fn a_death_is_an_incident_within_2_s_and_a_flapping_daemon_stays_one_incid
     let incident = opened.incident.unwrap();
     assert_eq!(incident.check, "daemon:synos-memory");
     assert!(detection < Duration::from_secs(2), "{detection:?}");
-    let report = doctor
-        .get_report(GetReportRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = current_report(&mut doctor).await;
     assert_eq!(report.state(), OverallState::Degraded);
     assert_eq!(report.open_incidents.len(), 1);
     let memory = report
@@ -281,11 +278,7 @@ async fn a_full_disk_is_an_incident_and_survival_mode_until_space_returns() {
         incident.evidence
     );
     // A critical resource is survival mode, until it recovers.
-    let report = doctor
-        .get_report(GetReportRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = current_report(&mut doctor).await;
     assert_eq!(report.state(), OverallState::Survival);
     assert!(
         report.survival_reasons[0].starts_with(&format!("{check} critical: ")),
@@ -296,11 +289,7 @@ async fn a_full_disk_is_an_incident_and_survival_mode_until_space_returns() {
     let recovered = next_event(&mut events, Duration::from_secs(3)).await;
     assert_eq!(recovered.kind(), IncidentEventKind::Recovered);
     assert_eq!(recovered.incident.unwrap().id, incident.id);
-    let report = doctor
-        .get_report(GetReportRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = current_report(&mut doctor).await;
     assert!(
         report.survival_reasons.is_empty(),
         "{:?}",
@@ -472,11 +461,7 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
     let remaining = remote_state.cooldown_remaining.unwrap().seconds;
     assert!(remaining > 200, "cooled for {remaining} s only");
 
-    let report = doctor
-        .get_report(GetReportRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = current_report(&mut doctor).await;
     assert_eq!(report.state(), OverallState::Survival);
     assert_eq!(
         report.survival_reasons,
@@ -603,11 +588,7 @@ async fn a_full_state_disk_loses_no_incident_and_does_not_stop_the_watch() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let report = doctor_client
-        .get_report(GetReportRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let report = current_report(&mut doctor_client).await;
     assert!(
         report
             .open_incidents
@@ -1009,11 +990,7 @@ async fn a_lower_hwaccel_tier_is_an_incident_until_the_tier_is_back() {
     let mut doctor = doctor(&sandbox).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let report = doctor
-            .get_report(GetReportRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let report = current_report(&mut doctor).await;
         let tier = report
             .checks
             .iter()
