@@ -15,6 +15,8 @@
 #   scripts/install-dependencies.sh packaging    also: cargo-deb (pinned), dpkg-dev,
 #                                                lintian, and debootstrap + systemd-nspawn for
 #                                                the system test
+#   scripts/install-dependencies.sh iso          what packaging needs, and live-build,
+#                                                xorriso and qemu for the live ISO
 #   scripts/install-dependencies.sh benchmarks   also: llama.cpp's own server (the pinned
 #                                                llama-cpp-python[server], built from source:
 #                                                about 10 minutes) for the local model
@@ -36,15 +38,23 @@ declare -A needed=(
   [bwrap]=bubblewrap
   [prlimit]=util-linux
 )
-if [ "${1:-}" = packaging ]; then
+if [ "${1:-}" = packaging ] || [ "${1:-}" = iso ]; then
   needed+=(
     [dpkg-scanpackages]=dpkg-dev
     [lintian]=lintian
     [debootstrap]=debootstrap
     [systemd-nspawn]=systemd-container
   )
-elif [ -n "${1:-}" ] && [ "$1" != benchmarks ]; then
-  die "usage: scripts/install-dependencies.sh [packaging|benchmarks]"
+fi
+if [ "${1:-}" = iso ]; then
+  # live-build makes the ISO; xorriso reads the kernel out of it and qemu boots it.
+  needed+=(
+    [lb]=live-build
+    [xorriso]=xorriso
+    [qemu-system-x86_64]=qemu-system-x86
+  )
+elif [ -n "${1:-}" ] && [ "$1" != packaging ] && [ "$1" != benchmarks ]; then
+  die "usage: scripts/install-dependencies.sh [packaging|iso|benchmarks]"
 fi
 
 missing=()
@@ -75,7 +85,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if [ "${1:-}" = packaging ] && [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
+if { [ "${1:-}" = packaging ] || [ "${1:-}" = iso ]; } && [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
   say "installing cargo-deb $CARGO_DEB_VERSION"
   cargo install --locked --quiet --version "$CARGO_DEB_VERSION" cargo-deb
 fi

@@ -18,3 +18,18 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # Where development runs and tests find the shipped models (what /usr/share/synos/models is
 # for the packages); scripts/fetch-models.sh fills it.
 model_directory() { printf '%s\n' "${SYNOS_MODEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/synos/models}"; }
+
+# The Debian mirror this machine's apt uses, and its security mirror: the only ones these
+# machines reach (deb.debian.org's defaults otherwise).
+debian_mirror() {
+  local found
+  found="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+    grep -oE 'https?://[^ ]+/debian/?( |$)' | head -n 1 | tr -d ' ')" || true
+  printf '%s\n' "${found:-http://deb.debian.org/debian}"
+}
+debian_security_mirror() {
+  local found
+  found="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+    grep -oE 'https?://[^ ]+/debian-security/?( |$)' | head -n 1 | tr -d ' ')" || true
+  printf '%s\n' "${found:-$(debian_mirror | sed 's|/debian/\{0,1\}$|/debian-security|')}"
+}

@@ -41,10 +41,7 @@ started=$(date +%s)
 
 scripts/build-debs.sh "$work/dist"
 
-# The mirror the host's apt uses: the only one these machines reach.
-mirror="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-  grep -oE 'https?://[^ ]+/debian/?( |$)' | head -n 1 | tr -d ' ')" || true
-mirror="${mirror:-http://deb.debian.org/debian}"
+mirror="$(debian_mirror)"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/synos/bookworm-minbase.tar"
 if ! [ -s "$cache" ]; then
   say "debootstrap bookworm from $mirror (cached in $cache)"

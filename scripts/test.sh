@@ -32,3 +32,13 @@ if [ "${SYNOS_SKIP_PACKAGING_TEST:-}" = 1 ]; then
 fi
 say "packages and the system test on a booted Debian"
 scripts/system-test.sh
+
+if [ "${SYNOS_SKIP_ISO_TEST:-}" = 1 ]; then
+  say "live ISO build and boot test SKIPPED (SYNOS_SKIP_ISO_TEST=1)"
+  exit 0
+fi
+say "the live ISO: built with live-build, booted under qemu, its self-test passed"
+iso_directory="$(mktemp -d "${TMPDIR:-/tmp}/synos-iso.XXXXXX")"
+trap 'rm -rf "$iso_directory"' EXIT
+scripts/build-iso.sh "$iso_directory"
+scripts/boot-iso.sh "$iso_directory"/synos-*-amd64.iso
