@@ -89,7 +89,7 @@ impl SemanticStage {
         }
         let exemplar_count = (attacks.len() + benign.len()) / embedder.dimensions().max(1);
         attacks.extend(benign);
-        let token_similarities = embedder.row_dot_products(&attacks);
+        let token_similarities = embedder.row_dot_products(&attacks)?;
         Ok(Self {
             embedder,
             token_similarities,
