@@ -11,7 +11,7 @@
 #   SYNOS_SERIAL_LOG=FILE         keep the serial console's whole output there
 source "$(dirname "$0")/lib.sh"
 
-iso="${1:-$(ls -t "$REPO_ROOT"/dist/synos-*-amd64.iso 2>/dev/null | head -n 1)}"
+iso="${1:-$(ls -t "$REPO_ROOT"/dist/synos-*-amd64.iso 2>/dev/null | head -n 1 || true)}"
 [ -n "$iso" ] && [ -s "$iso" ] || die "no ISO${1:+ at $1}: build one with scripts/build-iso.sh"
 for tool in qemu-system-x86_64 xorriso; do
   command -v "$tool" >/dev/null || die "$tool is missing: scripts/install-dependencies.sh iso installs it"

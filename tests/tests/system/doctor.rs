@@ -11,6 +11,8 @@ use synos_proto::doctor::v1::{
     DaemonHealth, GetReportRequest, GetReportResponse, IncidentEvent, IncidentEventKind,
     IncidentState, ListIncidentsRequest, OverallState, RunCheckRequest, WatchIncidentsRequest,
 };
+use synos_proto::llm::v1::router_client::RouterClient;
+use synos_proto::llm::v1::{ListProvidersRequest, Provider, ProviderState};
 use tonic::Code;
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -27,6 +29,19 @@ async fn current_report(doctor: &mut DoctorClient<Channel>) -> GetReportResponse
         .await
         .unwrap()
         .into_inner()
+}
+
+/// The router's provider "remote", as it reports it now.
+async fn remote_provider(router: &mut RouterClient<Channel>) -> Provider {
+    router
+        .list_providers(ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .providers
+        .into_iter()
+        .find(|provider| provider.name == "remote")
+        .unwrap()
 }
 
 async fn all_serving(doctor: &mut DoctorClient<Channel>, within: Duration) {
@@ -405,8 +420,6 @@ fn hello() -> synos_proto::llm::v1::ChatRequest {
 
 #[tokio::test]
 async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
-    use synos_proto::llm::v1::router_client::RouterClient;
-    use synos_proto::llm::v1::{ListProvidersRequest, ProviderState};
     let (_remote, sandbox) = failing_provider("").await;
     let _router = sandbox.start("llm-router").await;
     let _doctor = sandbox.start("doctor").await;
@@ -448,15 +461,7 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
         "{:?}",
         acted.actions
     );
-    let remote_state = router
-        .list_providers(ListProvidersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .providers
-        .into_iter()
-        .find(|provider| provider.name == "remote")
-        .unwrap();
+    let remote_state = remote_provider(&mut router).await;
     assert_eq!(remote_state.state(), ProviderState::CoolingDown);
     let remaining = remote_state.cooldown_remaining.unwrap().seconds;
     assert!(remaining > 200, "cooled for {remaining} s only");
@@ -484,8 +489,6 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
 
 #[tokio::test]
 async fn a_repair_that_policy_forbids_is_recorded_and_not_carried_out() {
-    use synos_proto::llm::v1::router_client::RouterClient;
-    use synos_proto::llm::v1::{ListProvidersRequest, ProviderState};
     let (_remote, sandbox) = failing_provider("").await;
     let policies = sandbox.config_dir().join("policy.d");
     std::fs::create_dir_all(&policies).unwrap();
@@ -532,15 +535,7 @@ async fn a_repair_that_policy_forbids_is_recorded_and_not_carried_out() {
         acted.actions
     );
     // Only the router's own short cool, never the doctor's 300 s.
-    let remote = router
-        .list_providers(ListProvidersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .providers
-        .into_iter()
-        .find(|provider| provider.name == "remote")
-        .unwrap();
+    let remote = remote_provider(&mut router).await;
     if remote.state() == ProviderState::CoolingDown {
         let remaining = remote.cooldown_remaining.unwrap().seconds;
         assert!(remaining < 60, "cooled for {remaining} s");
@@ -647,7 +642,7 @@ async fn pending_json(sandbox: &Sandbox, all: bool) -> Vec<serde_json::Value> {
 /// A provider that fails, is cooled, recovers when the cool ends, and fails again (the cool
 /// did not help): its incident's reopening.
 async fn fail_again(
-    router: &mut synos_proto::llm::v1::router_client::RouterClient<Channel>,
+    router: &mut RouterClient<Channel>,
     events: &mut Streaming<IncidentEvent>,
 ) -> IncidentEvent {
     let refused = router.chat(hello()).await.unwrap_err();
@@ -660,8 +655,6 @@ async fn fail_again(
 
 #[tokio::test]
 async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decides() {
-    use synos_proto::llm::v1::router_client::RouterClient;
-    use synos_proto::llm::v1::{ListProvidersRequest, ProviderState};
     use synos_proto::policy::v1::QueryAuditRequest;
     use synos_proto::policy::v1::policy_client::PolicyClient;
     // Cooled for a second only, so the provider recovers and can fail again.
@@ -747,20 +740,10 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         stderr.contains("no pending action \"no-such-id\""),
         "{stderr}"
     );
-    let remote_state = |providers: Vec<synos_proto::llm::v1::Provider>| {
-        providers
-            .into_iter()
-            .find(|provider| provider.name == "remote")
-            .unwrap()
-            .state()
-    };
-    let providers = router
-        .list_providers(ListProvidersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .providers;
-    assert_ne!(remote_state(providers), ProviderState::Drained);
+    assert_ne!(
+        remote_provider(&mut router).await.state(),
+        ProviderState::Drained
+    );
     let mut policy_client = PolicyClient::new(channel(&sandbox.socket("policy")).await);
     let records = policy_client
         .query_audit(QueryAuditRequest {
@@ -837,13 +820,10 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
             && stdout.contains("unaudited: the policy daemon was unreachable"),
         "{stdout}"
     );
-    let providers = router
-        .list_providers(ListProvidersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .providers;
-    assert_eq!(remote_state(providers), ProviderState::Drained);
+    assert_eq!(
+        remote_provider(&mut router).await.state(),
+        ProviderState::Drained
+    );
     assert!(pending_json(&sandbox, false).await.is_empty());
     let decided = pending_json(&sandbox, true).await;
     let states: Vec<(&str, &str)> = decided
@@ -886,13 +866,10 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         (0, "remote: available\n"),
         "{stderr}"
     );
-    let providers = router
-        .list_providers(ListProvidersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .providers;
-    assert_eq!(remote_state(providers), ProviderState::Available);
+    assert_eq!(
+        remote_provider(&mut router).await.state(),
+        ProviderState::Available
+    );
     let (code, stdout, stderr) = sandbox
         .synosctl(&[
             "llm", "provider", "cool", "remote", "--for", "90s", "--json",
