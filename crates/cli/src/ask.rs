@@ -49,6 +49,8 @@ pub(crate) struct Question<'a> {
     pub(crate) route: &'a str,
     /// `--max-tokens`.
     pub(crate) max_tokens: Option<u32>,
+    /// `--seed`.
+    pub(crate) seed: Option<i64>,
     /// `--json`.
     pub(crate) json: bool,
 }
@@ -161,6 +163,7 @@ pub(crate) async fn ask(cli: &Cli, question: Question<'_>) -> CommandResult {
         route: question.route.to_owned(),
         messages,
         max_tokens: question.max_tokens,
+        seed: question.seed,
         principal: user.clone(),
         ..ChatRequest::default()
     };

@@ -61,6 +61,9 @@ enum Command {
         /// Upper bound on generated tokens
         #[arg(long, value_name = "N")]
         max_tokens: Option<u32>,
+        /// Sample with this seed, so the same question gets the same answer from the same model
+        #[arg(long, value_name = "N")]
+        seed: Option<i64>,
         /// Wait for the whole answer and print it as JSON with provider, attempts, usage,
         /// memories, screening and redactions
         #[arg(long)]
@@ -541,6 +544,7 @@ fn main() -> ExitCode {
                 chat,
                 route,
                 max_tokens,
+                seed,
                 json,
                 question,
             } => {
@@ -552,6 +556,7 @@ fn main() -> ExitCode {
                         chat: chat.as_deref(),
                         route,
                         max_tokens: *max_tokens,
+                        seed: *seed,
                         json: *json,
                     },
                 )
