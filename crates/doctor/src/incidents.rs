@@ -494,7 +494,12 @@ impl Book {
             let Some(incident) = &state.open_incident else {
                 continue;
             };
-            if let Some(unit) = check.strip_prefix(crate::units::PREFIX)
+            if check == "memory"
+                || check == "pressure:memory"
+                || check.starts_with(crate::resources::DISK_PREFIX)
+            {
+                reasons.push(format!("{check} critical: {}", state.detail));
+            } else if let Some(unit) = check.strip_prefix(crate::units::PREFIX)
                 && let Some(proposal) = self.proposals.iter().find(|proposal| {
                     proposal.state == PendingState::Pending
                         && proposal.action == Action::RestartUnit
@@ -505,14 +510,6 @@ impl Book {
                     "{unit} stays failed after the doctor's restarts: restarting it waits for an operator (synosctl doctor approve {})",
                     proposal.id
                 ));
-            }
-        }
-        for (name, state) in &self.checks {
-            let resource = name == "memory"
-                || name == "pressure:memory"
-                || name.starts_with(crate::resources::DISK_PREFIX);
-            if resource && critical(state) {
-                reasons.push(format!("{name} critical: {}", state.detail));
             }
         }
         reasons

@@ -51,7 +51,7 @@ pub struct Nearest {
 pub struct SemanticStage {
     embedder: StaticEmbedder,
     /// `vocabulary × exemplars`: each token row's dot product with each exemplar's vector,
-    /// attacks first, then benign sentences. Computed once at load (a third of a second), it
+    /// attacks first, then benign sentences. Computed once at load (one matrix product, tens of milliseconds), it
     /// turns scoring a window into adding eight rows of this matrix.
     token_similarities: Vec<f32>,
     /// Category of each attack exemplar; there are this many attacks.

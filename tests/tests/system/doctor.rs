@@ -44,6 +44,18 @@ async fn remote_provider(router: &mut RouterClient<Channel>) -> Provider {
         .unwrap()
 }
 
+/// The packaged Cedar policies in the sandbox's policy.d, and a site rule `file` holding `rule`.
+fn shipped_policies_and(sandbox: &Sandbox, file: &str, rule: &str) {
+    let policies = sandbox.config_dir().join("policy.d");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::copy(
+        synos_integration_tests::repository_path("packaging/policy/00-defaults.cedar"),
+        policies.join("00-defaults.cedar"),
+    )
+    .unwrap();
+    std::fs::write(policies.join(file), rule).unwrap();
+}
+
 async fn all_serving(doctor: &mut DoctorClient<Channel>, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -490,19 +502,12 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
 #[tokio::test]
 async fn a_repair_that_policy_forbids_is_recorded_and_not_carried_out() {
     let (_remote, sandbox) = failing_provider("").await;
-    let policies = sandbox.config_dir().join("policy.d");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::copy(
-        synos_integration_tests::repository_path("packaging/policy/00-defaults.cedar"),
-        policies.join("00-defaults.cedar"),
-    )
-    .unwrap();
-    std::fs::write(
-        policies.join("50-no-cooling.cedar"),
+    shipped_policies_and(
+        &sandbox,
+        "50-no-cooling.cedar",
         "@id(\"no-cooling\")\nforbid (principal, action == Action::\"doctor.repair\", \
          resource == System::\"cool-provider:remote\");\n",
-    )
-    .unwrap();
+    );
     let _policy = sandbox.start("policy").await;
     let _router = sandbox.start("llm-router").await;
     let _doctor = sandbox.start("doctor").await;
@@ -661,19 +666,12 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
     let (_remote, sandbox) = failing_provider("\n[repairs]\ncool_for_s = 1\n").await;
     // The shipped policies, and a site rule that nobody may approve draining: a refused
     // approval must leave the action pending.
-    let policies = sandbox.config_dir().join("policy.d");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::copy(
-        synos_integration_tests::repository_path("packaging/policy/00-defaults.cedar"),
-        policies.join("00-defaults.cedar"),
-    )
-    .unwrap();
-    std::fs::write(
-        policies.join("50-no-draining.cedar"),
+    shipped_policies_and(
+        &sandbox,
+        "50-no-draining.cedar",
         "@id(\"no-draining\")\nforbid (principal, action == Action::\"doctor.approve\", \
          resource == System::\"drain-provider\");\n",
-    )
-    .unwrap();
+    );
     let mut policy = sandbox.start("policy").await;
     let _router = sandbox.start("llm-router").await;
     let _doctor = sandbox.start("doctor").await;
