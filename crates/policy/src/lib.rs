@@ -23,6 +23,16 @@ use synos_proto::policy::v1::policy_server::{PolicyServer, SERVICE_NAME};
 pub use crate::authorizer::{Authorizer, Decision, PolicyError, PolicyFiles};
 pub use crate::config::Config;
 
+/// `pattern` with ASCII word boundaries and digits, for every built-in pattern (screening rules
+/// and redaction detectors). With Unicode `\b` the regex engine's lazy DFA gives up at the first
+/// byte that is not ASCII: the digit detectors fall from ~600 MB/s to 13-40 MB/s on model output
+/// with a single em dash in it, and the screening rule set from ~180 MB/s to ~1 MB/s on a prompt
+/// with one. A Unicode `\d` would let through digits that no checksum here reads. The patterns
+/// are about ASCII words; letters outside ASCII are folded or stay non-word characters.
+pub(crate) fn ascii_boundaries_and_digits(pattern: &str) -> String {
+    pattern.replace(r"\b", r"(?-u:\b)").replace(r"\d", "[0-9]")
+}
+
 /// The policy daemon's fixed names.
 pub const IDENTITY: DaemonIdentity = DaemonIdentity {
     short_name: "policy",

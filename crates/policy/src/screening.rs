@@ -200,7 +200,7 @@ const RULES: &[Rule] = &[
         id: "mode-switch",
         description: "claims a special mode of the model was switched on, or by its maker's staff",
         weight: 0.4,
-        pattern: r"\b(debug(ging)?|admin|sudo|maintenance|unrestricted|opposite|evil|chaos|jailbreak|dev)[\s_\\]*mode\W{0,3}(is\s+)?(now\s+)?(enabled|activated|engaged|unlocked)\b|\b(enabled|activated|unlocked|granted)\s+by\s+(an?\s+)?(openai|anthropic|google)\s+(employee|engineer|developer|staff|admin)",
+        pattern: r"\b(debug(ging)?|admin|sudo|maintenance|unrestricted|opposite|evil|chaos|jailbreak|dev)[ _]?mode:?\s(is\s)?(now\s)?(enabled|activated|engaged|unlocked)\b|\b(enabled|activated|unlocked|granted)\s+by\s+(an?\s+)?(openai|anthropic|google)\s+(employee|engineer|developer|staff|admin)",
     },
 ];
 
@@ -304,7 +304,9 @@ struct CompiledRules {
 }
 
 static COMPILED: LazyLock<CompiledRules> = LazyLock::new(|| {
-    let patterns = RULES.iter().map(|rule| rule.pattern);
+    let patterns = RULES
+        .iter()
+        .map(|rule| crate::ascii_boundaries_and_digits(rule.pattern));
     #[expect(
         clippy::expect_used,
         reason = "fixed patterns; unit tests compile every one"
@@ -312,7 +314,7 @@ static COMPILED: LazyLock<CompiledRules> = LazyLock::new(|| {
     CompiledRules {
         any: RegexSet::new(patterns.clone()).expect("the built-in screening rules compile"),
         each: patterns
-            .map(|pattern| Regex::new(pattern).expect("a built-in screening rule compiles"))
+            .map(|pattern| Regex::new(&pattern).expect("a built-in screening rule compiles"))
             .collect(),
     }
 });
