@@ -321,12 +321,13 @@ impl Gate {
         else {
             return Ok(None);
         };
+        // The whole reply as the last piece: policy redacts and releases it at once and ends
+        // the stream, without waiting for our side to close.
         let sent = requests
             .send(GateRequest {
-                request: Some(gate_request::Request::Reply(text.to_owned())),
+                request: Some(gate_request::Request::LastReply(text.to_owned())),
             })
             .await;
-        // Closing our side releases the end of the redaction.
         drop(requests);
         let mut committed = false;
         let mut redacted = String::new();

@@ -337,7 +337,7 @@ async fn gate_calls(client: &mut PolicyClient<tonic::transport::Channel>) {
         let replied = Instant::now();
         requests
             .send(GateRequest {
-                request: Some(gate_request::Request::Reply(kilobyte.clone())),
+                request: Some(gate_request::Request::LastReply(kilobyte.clone())),
             })
             .await
             .unwrap();

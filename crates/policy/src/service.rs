@@ -911,9 +911,13 @@ impl GateRedaction {
         })
     }
 
-    /// Releases what is held back, once what was replaced is audited.
-    async fn finish(mut self) -> Result<Option<GateProgress>, Status> {
-        let output = self.redactor.finish();
+    /// Releases what is held back, with `last` (the reply's last piece) when the caller sent
+    /// one, in one message, once what was replaced is audited.
+    async fn finish(mut self, last: Option<&str>) -> Result<Option<GateProgress>, Status> {
+        let mut output = last.map_or_else(Default::default, |text| self.redactor.push(text));
+        let rest = self.redactor.finish();
+        output.text.push_str(&rest.text);
+        output.spans.extend(rest.spans);
         let message = self.message(output);
         if !self.spans.is_empty() {
             self.audit
@@ -961,11 +965,18 @@ async fn relay_gate(
                         open.message(output)
                     })
                 }
+                (Ok(Some(GateRequest { request: Some(gate_request::Request::LastReply(text)) })), Some(_)) => {
+                    match (checked_text(&text), redaction.take()) {
+                        (Ok(()), Some(open)) => open.finish(Some(&text)).await,
+                        (Err(status), _) => Err(status),
+                        (Ok(()), None) => Ok(None),
+                    }
+                }
                 (Ok(Some(_)), _) => Err(Status::invalid_argument(
                     "after its prompt a Gate stream carries only reply pieces",
                 )),
                 (Ok(None), _) => match redaction.take() {
-                    Some(open) => open.finish().await,
+                    Some(open) => open.finish(None).await,
                     None => Ok(None),
                 },
                 // The caller went away: the commit goes on in its own task.

@@ -556,6 +556,17 @@ async fn drain(
     }
 }
 
+/// The redacted reply text on a Gate stream's messages.
+fn redacted_text(messages: &[Progress]) -> String {
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            Progress::Redacted(piece) => Some(piece.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Every message of a Gate stream that screens `request` and sends no reply, and how it ended.
 async fn screen_early(
     client: &mut PolicyClient<Channel>,
@@ -723,15 +734,8 @@ async fn the_gate_redacts_the_reply_on_the_same_stream_and_audits_what_it_replac
         })
         .collect();
     assert_eq!(commits.len(), 1, "{messages:?}");
-    let redacted: String = messages
-        .iter()
-        .filter_map(|message| match message {
-            Progress::Redacted(piece) => Some(piece.text.as_str()),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        redacted,
+        redacted_text(&messages),
         "mail [REDACTED:email], key [REDACTED:aws_access_key]."
     );
     let records = records_from(&mut client, commits[0].first_sequence, 10).await;
@@ -753,6 +757,35 @@ async fn the_gate_redacts_the_reply_on_the_same_stream_and_audits_what_it_replac
             ("redact", "User::\"alice\"", "redacted"),
         ]
     );
+
+    // The last piece, sent as such, is released at once and ends the stream while the caller's
+    // side is still open; a key split between it and the piece before is still found.
+    let (requests, progress) = open_gate(
+        &mut client,
+        prompt("User::\"alice\"", "llm.route:default", "Who wrote this?"),
+    )
+    .await
+    .unwrap();
+    for request in [
+        gate_request::Request::Reply("key AKIA".to_owned()),
+        gate_request::Request::LastReply("IOSFODNN7EXAMPLE, ask carol@example.org".to_owned()),
+    ] {
+        requests
+            .send(GateRequest {
+                request: Some(request),
+            })
+            .await
+            .unwrap();
+    }
+    let (messages, ended) = tokio::time::timeout(Duration::from_secs(5), drain(progress))
+        .await
+        .expect("the stream ends after the last piece without the caller closing its side");
+    ended.unwrap();
+    assert_eq!(
+        redacted_text(&messages),
+        "key [REDACTED:aws_access_key], ask [REDACTED:email]"
+    );
+    drop(requests);
 
     // A stream must start with its prompt, and carries only one.
     let (requests, receiver) = tokio::sync::mpsc::channel(4);

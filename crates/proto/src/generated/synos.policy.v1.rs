@@ -72,7 +72,7 @@ pub struct ScreenPromptResponse {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GateRequest {
-    #[prost(oneof = "gate_request::Request", tags = "1, 2")]
+    #[prost(oneof = "gate_request::Request", tags = "1, 2, 3")]
     pub request: ::core::option::Option<gate_request::Request>,
 }
 /// Nested message and enum types in `GateRequest`.
@@ -85,6 +85,10 @@ pub mod gate_request {
         /// After an allowed answer: the next piece of the reply, for the prompt's principal.
         #[prost(string, tag = "2")]
         Reply(::prost::alloc::string::String),
+        /// The reply's last piece (or the whole of it): everything is released at once, redacted,
+        /// and the stream ends without waiting for the caller to close its side. Nothing may follow.
+        #[prost(string, tag = "3")]
+        LastReply(::prost::alloc::string::String),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -517,8 +521,8 @@ pub mod policy_client {
         /// written, and the caller holds back whatever the prompt produces until then. A refusal is
         /// answered only once its records are written, `committed` right behind it, and the stream
         /// ends. After an allowed answer the caller sends its reply's text in `reply` pieces and gets
-        /// it back `redacted`, as from RedactOutputStream; closing its side releases what is held back
-        /// and ends the stream, after `committed`. The prompt's records are written even if the
+        /// it back `redacted`, as from RedactOutputStream; sending the last piece as `last_reply`, or
+        /// closing its side, releases what is held back and ends the stream, after `committed`. The prompt's records are written even if the
         /// caller goes away.
         pub async fn gate(
             &mut self,
@@ -774,8 +778,8 @@ pub mod policy_server {
         /// written, and the caller holds back whatever the prompt produces until then. A refusal is
         /// answered only once its records are written, `committed` right behind it, and the stream
         /// ends. After an allowed answer the caller sends its reply's text in `reply` pieces and gets
-        /// it back `redacted`, as from RedactOutputStream; closing its side releases what is held back
-        /// and ends the stream, after `committed`. The prompt's records are written even if the
+        /// it back `redacted`, as from RedactOutputStream; sending the last piece as `last_reply`, or
+        /// closing its side, releases what is held back and ends the stream, after `committed`. The prompt's records are written even if the
         /// caller goes away.
         async fn gate(
             &self,
