@@ -22,7 +22,7 @@ version="$(cargo metadata --no-deps --format-version 1 | sed -n 's/.*"name":"syn
 build="${XDG_CACHE_HOME:-$HOME/.cache}/synos/live-build"
 mkdir -p "$build"
 
-scripts/build-debs.sh "$build/debs"
+packages_into "$build/debs"
 
 # Every mirror, the security ones included, is the one this machine's apt uses: live-build's
 # defaults are not reachable from every network (ours among them).

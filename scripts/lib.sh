@@ -33,3 +33,19 @@ debian_security_mirror() {
     grep -oE 'https?://[^ ]+/debian-security/?( |$)' | head -n 1 | tr -d ' ')" || true
   printf '%s\n' "${found:-$(debian_mirror | sed 's|/debian/\{0,1\}$|/debian-security|')}"
 }
+
+# packages_into DIR: the packages and their local repository in DIR, built by
+# scripts/build-debs.sh, or copied from $SYNOS_DEBS when a caller built them already (test.sh
+# builds once for the packaging test and the ISO).
+packages_into() {
+  local directory=$1
+  if [ -n "${SYNOS_DEBS:-}" ]; then
+    [ -s "$SYNOS_DEBS/Packages" ] || die "SYNOS_DEBS=$SYNOS_DEBS holds no repository from scripts/build-debs.sh"
+    say "packages from $SYNOS_DEBS"
+    rm -rf "$directory"
+    mkdir -p "$directory"
+    cp "$SYNOS_DEBS"/* "$directory/"
+  else
+    scripts/build-debs.sh "$directory"
+  fi
+}

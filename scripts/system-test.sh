@@ -39,7 +39,7 @@ check() { # check DESCRIPTION COMMAND...: runs COMMAND, reports, counts failures
 inside() { nsenter -t "$container_pid" -m -u -i -n -p -- "$@"; }
 started=$(date +%s)
 
-scripts/build-debs.sh "$work/dist"
+packages_into "$work/dist"
 
 mirror="$(debian_mirror)"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/synos/bookworm-minbase.tar"

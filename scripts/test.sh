@@ -30,6 +30,12 @@ if [ "${SYNOS_SKIP_PACKAGING_TEST:-}" = 1 ]; then
   say "packaging system test SKIPPED (SYNOS_SKIP_PACKAGING_TEST=1)"
   exit 0
 fi
+# The packages are built once, for the packaging test and the ISO alike.
+packages="$(mktemp -d "${TMPDIR:-/tmp}/synos-debs.XXXXXX")"
+trap 'rm -rf "$packages"' EXIT
+scripts/build-debs.sh "$packages"
+export SYNOS_DEBS="$packages"
+
 say "packages and the system test on a booted Debian"
 scripts/system-test.sh
 
@@ -39,6 +45,6 @@ if [ "${SYNOS_SKIP_ISO_TEST:-}" = 1 ]; then
 fi
 say "the live ISO: built with live-build, booted under qemu, its self-test passed"
 iso_directory="$(mktemp -d "${TMPDIR:-/tmp}/synos-iso.XXXXXX")"
-trap 'rm -rf "$iso_directory"' EXIT
+trap 'rm -rf "$iso_directory" "$packages"' EXIT
 scripts/build-iso.sh "$iso_directory"
 scripts/boot-iso.sh "$iso_directory"/synos-*-amd64.iso
