@@ -290,7 +290,10 @@ async fn chat(State(script): State<Arc<Script>>, headers: HeaderMap, body: Bytes
     match behaviour {
         Behaviour::Ok | Behaviour::OkWithoutUsage | Behaviour::Delayed(_) => {
             if let Behaviour::Delayed(delay) = behaviour {
-                tokio::time::sleep(delay).await;
+                // On a blocking thread, to the microsecond: tokio's timer ticks in whole
+                // milliseconds, which would turn "2 ms" into 2 or 3 depending on when the
+                // request came, and the benchmarks compare delays far smaller than that.
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
             }
             if streamed {
                 let events = stream_events(&name, &model);
