@@ -164,7 +164,7 @@ impl StaticEmbedder {
         if let Some(tokens) = self
             .fast_path
             .as_ref()
-            .and_then(|fast_path| fast_path.tokens(text))
+            .and_then(|fast_path| fast_path.tokens(text, &self.tokenizer))
         {
             return Ok(tokens);
         }
