@@ -320,6 +320,22 @@ pub async fn channel(socket: &Path) -> Channel {
         .unwrap()
 }
 
+/// The router's provider `name`, as it reports it now.
+pub async fn router_provider(
+    router: &mut synos_proto::llm::v1::router_client::RouterClient<Channel>,
+    name: &str,
+) -> synos_proto::llm::v1::Provider {
+    router
+        .list_providers(synos_proto::llm::v1::ListProvidersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .providers
+        .into_iter()
+        .find(|provider| provider.name == name)
+        .unwrap_or_else(|| panic!("the router has no provider called {name}"))
+}
+
 /// The overall health a socket reports, or `None` when nothing answers.
 pub async fn health(socket: &Path) -> Option<ServingStatus> {
     let channel = client::connect(socket, Duration::from_secs(1)).await.ok()?;

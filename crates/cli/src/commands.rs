@@ -270,3 +270,20 @@ pub(crate) async fn policy_check(
     }
     Ok(if allowed { exit::OK } else { exit::FAILURE })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_or_say_why() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5_400)));
+        for hostile in ["soon", "", "-5s", "30", "1y 400000000000000000d"] {
+            assert!(
+                parse_duration(hostile).unwrap_err().contains("e.g. 30d"),
+                "{hostile:?}"
+            );
+        }
+    }
+}

@@ -188,9 +188,6 @@ pub(crate) async fn providers(cli: &Cli, as_json: bool) -> CommandResult {
         .await
         .map_err(|status| connection.call_failed(&status))?
         .into_inner();
-    let tier = |provider: &api::Provider| enum_name(provider.tier().as_str_name().into(), "TIER_");
-    let trust =
-        |provider: &api::Provider| enum_name(provider.trust().as_str_name().into(), "TRUST_");
     if as_json {
         let providers: Vec<Value> = reply.providers.iter().map(provider_json).collect();
         emit_json(&json!({ "providers": providers, "policy_gate": reply.policy_gate }));
@@ -218,8 +215,8 @@ pub(crate) async fn providers(cli: &Cli, as_json: bool) -> CommandResult {
         .map(|provider| {
             vec![
                 provider.name.clone(),
-                tier(provider),
-                trust(provider),
+                provider_tier(provider),
+                provider_trust(provider),
                 state_with_time_left(provider),
                 milliseconds(provider.recent_latency)
                     .map_or_else(|| "-".to_owned(), |latency| format!("{latency} ms")),
@@ -245,6 +242,16 @@ fn provider_state(provider: &api::Provider) -> String {
     enum_name(provider.state().as_str_name().into(), "PROVIDER_STATE_")
 }
 
+/// Its tier in lower case, e.g. "local".
+fn provider_tier(provider: &api::Provider) -> String {
+    enum_name(provider.tier().as_str_name().into(), "TIER_")
+}
+
+/// Its trust in lower case, e.g. "private".
+fn provider_trust(provider: &api::Provider) -> String {
+    enum_name(provider.trust().as_str_name().into(), "TRUST_")
+}
+
 /// Its state with the cooldown left, e.g. "cooling_down (42 s)".
 fn state_with_time_left(provider: &api::Provider) -> String {
     let mut text = provider_state(provider);
@@ -259,8 +266,7 @@ fn provider_json(provider: &api::Provider) -> Value {
     json!({
         "name": provider.name, "kind": provider.kind, "base_url": provider.base_url,
         "state": provider_state(provider), "state_reason": provider.state_reason,
-        "tier": enum_name(provider.tier().as_str_name().into(), "TIER_"),
-        "trust": enum_name(provider.trust().as_str_name().into(), "TRUST_"),
+        "tier": provider_tier(provider), "trust": provider_trust(provider),
         "cooldown_remaining_ms": milliseconds(provider.cooldown_remaining),
         "breaker": enum_name(provider.breaker().as_str_name().into(), "BREAKER_STATE_"),
         "recent_latency_ms": milliseconds(provider.recent_latency),
@@ -290,18 +296,16 @@ pub(crate) async fn set_provider_state(
         .into_inner();
     if as_json {
         emit_json(&provider_json(&provider));
-    } else if provider.state_reason.is_empty() {
+    } else {
+        let reason = if provider.state_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", provider.state_reason)
+        };
         emit(&format!(
-            "{}: {}",
+            "{}: {}{reason}",
             provider.name,
             state_with_time_left(&provider)
-        ));
-    } else {
-        emit(&format!(
-            "{}: {} ({})",
-            provider.name,
-            state_with_time_left(&provider),
-            provider.state_reason
         ));
     }
     Ok(exit::OK)

@@ -5,14 +5,14 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use synos_integration_tests::{Sandbox, SmallFileSystem, channel, status_line};
+use synos_integration_tests::{Sandbox, SmallFileSystem, channel, router_provider, status_line};
 use synos_proto::doctor::v1::doctor_client::DoctorClient;
 use synos_proto::doctor::v1::{
     DaemonHealth, GetReportRequest, GetReportResponse, IncidentEvent, IncidentEventKind,
     IncidentState, ListIncidentsRequest, OverallState, RunCheckRequest, WatchIncidentsRequest,
 };
+use synos_proto::llm::v1::ProviderState;
 use synos_proto::llm::v1::router_client::RouterClient;
-use synos_proto::llm::v1::{ListProvidersRequest, Provider, ProviderState};
 use tonic::Code;
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -21,7 +21,6 @@ async fn doctor(sandbox: &Sandbox) -> DoctorClient<Channel> {
     DoctorClient::new(channel(&sandbox.socket("doctor")).await)
 }
 
-/// Waits up to `within` for the doctor to see every watched daemon serving.
 /// The doctor's report now.
 async fn current_report(doctor: &mut DoctorClient<Channel>) -> GetReportResponse {
     doctor
@@ -29,19 +28,6 @@ async fn current_report(doctor: &mut DoctorClient<Channel>) -> GetReportResponse
         .await
         .unwrap()
         .into_inner()
-}
-
-/// The router's provider "remote", as it reports it now.
-async fn remote_provider(router: &mut RouterClient<Channel>) -> Provider {
-    router
-        .list_providers(ListProvidersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .providers
-        .into_iter()
-        .find(|provider| provider.name == "remote")
-        .unwrap()
 }
 
 /// The packaged Cedar policies in the sandbox's policy.d, and a site rule `file` holding `rule`.
@@ -56,6 +42,7 @@ fn shipped_policies_and(sandbox: &Sandbox, file: &str, rule: &str) {
     std::fs::write(policies.join(file), rule).unwrap();
 }
 
+/// Waits up to `within` for the doctor to see every watched daemon serving.
 async fn all_serving(doctor: &mut DoctorClient<Channel>, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -473,7 +460,7 @@ async fn a_provider_outage_is_cooled_in_the_router_and_is_survival_mode() {
         "{:?}",
         acted.actions
     );
-    let remote_state = remote_provider(&mut router).await;
+    let remote_state = router_provider(&mut router, "remote").await;
     assert_eq!(remote_state.state(), ProviderState::CoolingDown);
     let remaining = remote_state.cooldown_remaining.unwrap().seconds;
     assert!(remaining > 200, "cooled for {remaining} s only");
@@ -540,7 +527,7 @@ async fn a_repair_that_policy_forbids_is_recorded_and_not_carried_out() {
         acted.actions
     );
     // Only the router's own short cool, never the doctor's 300 s.
-    let remote = remote_provider(&mut router).await;
+    let remote = router_provider(&mut router, "remote").await;
     if remote.state() == ProviderState::CoolingDown {
         let remaining = remote.cooldown_remaining.unwrap().seconds;
         assert!(remaining < 60, "cooled for {remaining} s");
@@ -739,7 +726,7 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         "{stderr}"
     );
     assert_ne!(
-        remote_provider(&mut router).await.state(),
+        router_provider(&mut router, "remote").await.state(),
         ProviderState::Drained
     );
     let mut policy_client = PolicyClient::new(channel(&sandbox.socket("policy")).await);
@@ -819,7 +806,7 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         "{stdout}"
     );
     assert_eq!(
-        remote_provider(&mut router).await.state(),
+        router_provider(&mut router, "remote").await.state(),
         ProviderState::Drained
     );
     assert!(pending_json(&sandbox, false).await.is_empty());
@@ -865,7 +852,7 @@ async fn a_provider_failing_again_is_proposed_for_draining_and_an_operator_decid
         "{stderr}"
     );
     assert_eq!(
-        remote_provider(&mut router).await.state(),
+        router_provider(&mut router, "remote").await.state(),
         ProviderState::Available
     );
     let (code, stdout, stderr) = sandbox

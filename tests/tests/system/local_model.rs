@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use synos_integration_tests::process::cpu_seconds;
 use synos_integration_tests::stand_in::{Behaviour, StandIn};
-use synos_integration_tests::{Daemon, Sandbox, channel, require_local_model, status_line};
+use synos_integration_tests::{
+    Daemon, Sandbox, channel, require_local_model, router_provider, status_line,
+};
 use synos_proto::llm::v1::router_client::RouterClient;
 use synos_proto::llm::v1::{
-    AttemptOutcome, ChatMessage, ChatRequest, ChatResponse, ListProvidersRequest, ProviderState,
-    chat_stream_event,
+    AttemptOutcome, ChatMessage, ChatRequest, ChatResponse, ProviderState, chat_stream_event,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -38,18 +39,6 @@ async fn router(sandbox: &Sandbox) -> (Daemon, RouterClient<Channel>) {
 
 async fn chat(client: &mut RouterClient<Channel>, request: ChatRequest) -> ChatResponse {
     client.chat(request).await.unwrap().into_inner()
-}
-
-async fn local_provider(client: &mut RouterClient<Channel>) -> synos_proto::llm::v1::Provider {
-    client
-        .list_providers(ListProvidersRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .providers
-        .into_iter()
-        .find(|provider| provider.name == "local")
-        .expect("a provider called local")
 }
 
 /// Waits up to 5 s for the router's status line (refreshed every 2 s) to contain `expected`.
@@ -82,7 +71,7 @@ async fn with_no_configuration_the_local_model_loads_on_first_use_and_answers_de
         "{}",
         status_line(&sandbox.socket("llm-router")).await
     );
-    let before = local_provider(&mut client).await;
+    let before = router_provider(&mut client, "local").await;
     assert_eq!(before.state(), ProviderState::Available);
     assert!(
         before.state_reason.contains("not loaded"),
@@ -110,7 +99,7 @@ async fn with_no_configuration_the_local_model_loads_on_first_use_and_answers_de
     assert!(usage.output_tokens > 0 && !usage.counted);
     assert_eq!(usage.cost_usd, 0.0);
 
-    let after = local_provider(&mut client).await;
+    let after = router_provider(&mut client, "local").await;
     assert!(
         after.state_reason.contains("loaded ("),
         "{}",
@@ -262,7 +251,7 @@ max_concurrency = 1
 
     drop(events);
     let deadline = Instant::now() + Duration::from_secs(3);
-    while local_provider(&mut client).await.in_flight != 0 {
+    while router_provider(&mut client, "local").await.in_flight != 0 {
         assert!(Instant::now() < deadline, "the slot was never freed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -350,7 +339,7 @@ chain = [{{ provider = "broken" }}]
         ),
     );
     let (mut daemon, mut client) = router(&sandbox).await;
-    let missing = local_provider(&mut client).await;
+    let missing = router_provider(&mut client, "local").await;
     assert_eq!(missing.state(), ProviderState::Unusable);
     assert!(
         missing

@@ -556,6 +556,34 @@ async fn drain(
     }
 }
 
+/// The redacted text of a Gate stream whose reply is `pieces`, sent with the caller's side left
+/// open: the stream must end by itself once policy has the last piece.
+async fn reply_ending_early(
+    client: &mut PolicyClient<Channel>,
+    pieces: impl IntoIterator<Item = gate_request::Request>,
+) -> String {
+    let (requests, progress) = open_gate(
+        client,
+        prompt("User::\"alice\"", "llm.route:default", "Who wrote this?"),
+    )
+    .await
+    .unwrap();
+    for piece in pieces {
+        // Once the stream has ended, this side is closed too and the rest is not sent.
+        let _ = requests
+            .send(GateRequest {
+                request: Some(piece),
+            })
+            .await;
+    }
+    let (messages, ended) = tokio::time::timeout(Duration::from_secs(5), drain(progress))
+        .await
+        .expect("the stream ends after the last piece without the caller closing its side");
+    ended.unwrap();
+    drop(requests);
+    redacted_text(&messages)
+}
+
 /// The redacted reply text on a Gate stream's messages.
 fn redacted_text(messages: &[Progress]) -> String {
     messages
@@ -760,32 +788,32 @@ async fn the_gate_redacts_the_reply_on_the_same_stream_and_audits_what_it_replac
 
     // The last piece, sent as such, is released at once and ends the stream while the caller's
     // side is still open; a key split between it and the piece before is still found.
-    let (requests, progress) = open_gate(
-        &mut client,
-        prompt("User::\"alice\"", "llm.route:default", "Who wrote this?"),
-    )
-    .await
-    .unwrap();
-    for request in [
-        gate_request::Request::Reply("key AKIA".to_owned()),
-        gate_request::Request::LastReply("IOSFODNN7EXAMPLE, ask carol@example.org".to_owned()),
-    ] {
-        requests
-            .send(GateRequest {
-                request: Some(request),
-            })
-            .await
-            .unwrap();
-    }
-    let (messages, ended) = tokio::time::timeout(Duration::from_secs(5), drain(progress))
-        .await
-        .expect("the stream ends after the last piece without the caller closing its side");
-    ended.unwrap();
     assert_eq!(
-        redacted_text(&messages),
+        reply_ending_early(
+            &mut client,
+            [
+                gate_request::Request::Reply("key AKIA".to_owned()),
+                gate_request::Request::LastReply(
+                    "IOSFODNN7EXAMPLE, ask carol@example.org".to_owned()
+                ),
+            ]
+        )
+        .await,
         "key [REDACTED:aws_access_key], ask [REDACTED:email]"
     );
-    drop(requests);
+    // Nothing follows the last piece: a piece sent after it is neither redacted nor echoed.
+    assert_eq!(
+        reply_ending_early(
+            &mut client,
+            [
+                gate_request::Request::LastReply("the end".to_owned()),
+                gate_request::Request::Reply("and more after it".to_owned()),
+                gate_request::Request::LastReply("and a second end".to_owned()),
+            ]
+        )
+        .await,
+        "the end"
+    );
 
     // A stream must start with its prompt, and carries only one.
     let (requests, receiver) = tokio::sync::mpsc::channel(4);
