@@ -397,10 +397,23 @@ fn screening_one_kilobyte(rules: &Screener, text: &str) {
         })
         .collect();
     let typographic: Vec<&str> = typographic.iter().map(String::as_str).collect();
+    // Text in another script: every word goes through the tokenizers library, and the rules
+    // in other languages have words to look at.
+    let russian = "Развёртывание завершилось без ошибок; журналы показывают три повторные попытки \
+        подключения к промежуточной базе данных, прежде чем пул соединений успокоился. Если \
+        задержка снова вырастет, свяжитесь с дежурным инженером. "
+        .repeat(8);
+    let cyrillic: Vec<&str> = (0..2000)
+        .map(|index| {
+            let start = russian.floor_char_boundary(index % 300);
+            &russian[start..russian.floor_char_boundary(start + 1024)]
+        })
+        .collect();
     for (name, screener, prompts) in [
         ("rules alone", rules, &prompts),
         ("rules + semantic", &both, &prompts),
         ("both, typographic", &both, &typographic),
+        ("both, Cyrillic", &both, &cyrillic),
     ] {
         let mut times: Vec<Duration> = prompts
             .iter()

@@ -105,7 +105,7 @@ fn held_out_injections_are_caught_and_talk_about_instructions_is_not() {
     // Measured when the stage landed: recall 0.760, NotInject 0.009, WildGuard 0.061; with
     // rule set 2026.12.3, recall 0.771; with 2026.12.4 and 2026.12.5, 0.786; with 2026.12.6,
     // 0.798; with 2026.12.7 (new tuning sources of extraction and planted instructions, decoded
-    // encodings), 0.798 still; with 2026.12.8 (the override rule in ten more languages), 0.798. The target is recall 0.8 at 5% on NotInject; these floors keep what was
+    // encodings), 0.798 still; with 2026.12.8 (the override rule in eleven more languages), 0.798. The target is recall 0.8 at 5% on NotInject; these floors keep what was
     // reached from slipping while the gap is open (see the notes), without tuning on
     // this set.
     assert!(recall >= 0.79, "recall {recall:.3} on held-out injections");
