@@ -71,8 +71,9 @@ pub struct ScreeningConfig {
     pub flag_threshold: f64,
     /// Score from which a prompt is blocked.
     pub block_threshold: f64,
-    /// Whether the semantic stage (similarity to known attacks) takes part. When its model
-    /// is missing the daemon screens with the rules alone and says so in its status.
+    /// Whether the semantic stage (similarity to known attacks and the learned classifier) takes
+    /// part. When its model is missing the daemon screens with the rules alone and says so in its
+    /// status.
     pub semantic: bool,
     /// The model directory under `$SYNOS_MODEL_DIR` whose distilled token table the semantic
     /// stage reads.

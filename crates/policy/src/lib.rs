@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod authorizer;
+pub mod classifier;
 pub mod config;
 pub mod redaction;
 pub mod runner;

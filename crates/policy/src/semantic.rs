@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use synos_embedding::{EmbeddingError, StaticEmbedder, norm};
+use synos_embedding::{EmbeddingError, StaticEmbedder, Tokens, norm};
+
+use crate::classifier::{Classifier, Features};
 
 /// The exemplar bank, written for SynOS (see the file's header).
 const EXEMPLARS: &str = include_str!("../screening/exemplars.tsv");
@@ -46,6 +48,15 @@ pub struct Nearest {
     pub end: usize,
 }
 
+/// What the stage makes of one text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    /// The window closest to an attack exemplar, if the text has any token.
+    pub nearest: Option<Nearest>,
+    /// How likely the learned classifier judges the whole text an injection, 0 to 1.
+    pub injection_probability: f32,
+}
+
 /// The loaded table and every vocabulary token's similarity to each exemplar.
 #[derive(Debug)]
 pub struct SemanticStage {
@@ -58,6 +69,8 @@ pub struct SemanticStage {
     /// Category of each attack exemplar; there are this many attacks.
     attack_categories: Vec<usize>,
     exemplar_count: usize,
+    /// The learned stage, which reads the same table's embedding of the whole text.
+    classifier: Classifier,
 }
 
 /// Sums over one run of [`WINDOW_STRIDE`] tokens; a window is two consecutive runs.
@@ -91,17 +104,52 @@ impl SemanticStage {
         let exemplar_count = (attacks.len() + benign.len()) / embedder.dimensions().max(1);
         attacks.extend(benign);
         let token_similarities = embedder.row_dot_products(&attacks)?;
+        let classifier =
+            Classifier::built_in(embedder.dimensions()).map_err(|error| EmbeddingError::File {
+                path: model_directory.join(synos_embedding::STATIC_TABLE_FILE),
+                reason: format!("{error} (built for another table)"),
+            })?;
         Ok(Self {
             embedder,
             token_similarities,
             attack_categories,
             exemplar_count,
+            classifier,
         })
     }
 
-    /// The window of `text` that comes closest to an attack, if the text has any token.
-    pub fn nearest(&self, text: &str) -> Result<Option<Nearest>, EmbeddingError> {
+    /// What the learned classifier reads of `text` (normalised as screening normalises it).
+    pub fn classifier_features(&self, text: &str) -> Result<Features, EmbeddingError> {
+        Ok(self.read(text)?.1)
+    }
+
+    /// Both of the stage's judgements of `text`, from one tokenization.
+    pub fn assess(&self, text: &str) -> Result<Assessment, EmbeddingError> {
+        let (nearest, features) = self.read(text)?;
+        Ok(Assessment {
+            nearest,
+            injection_probability: self.classifier.probability(&features),
+        })
+    }
+
+    /// The window closest to an attack and the classifier's features, from one pass over the
+    /// tokens: the windows' rows add up to the whole text's embedding.
+    fn read(&self, text: &str) -> Result<(Option<Nearest>, Features), EmbeddingError> {
         let tokens = self.embedder.tokens(text)?;
+        let mut embedding = vec![0.0; self.embedder.dimensions()];
+        let nearest = self.nearest(&tokens, &mut embedding);
+        let length = norm(&embedding);
+        if length > 0.0 {
+            for value in &mut embedding {
+                *value /= length;
+            }
+        }
+        Ok((nearest, Features::new(text, embedding)))
+    }
+
+    /// The window of the text of `tokens` that comes closest to an attack, if it has any token;
+    /// every token's row is added to `whole`.
+    fn nearest(&self, tokens: &Tokens, whole: &mut [f32]) -> Option<Nearest> {
         let run_count = tokens.ids.len().div_ceil(WINDOW_STRIDE);
         let (mut previous, mut current, mut window) =
             (self.empty_run(), self.empty_run(), self.empty_run());
@@ -112,6 +160,7 @@ impl SemanticStage {
             current.rows.fill(0.0);
             current.similarities.fill(0.0);
             self.embedder.add_rows(ids, &mut current.rows);
+            add(whole, &current.rows);
             for &id in ids {
                 let start = id as usize * self.exemplar_count;
                 if let Some(row) = self
@@ -141,7 +190,7 @@ impl SemanticStage {
             }
             std::mem::swap(&mut previous, &mut current);
         }
-        Ok(best)
+        best
     }
 
     fn empty_run(&self) -> Run {

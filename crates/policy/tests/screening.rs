@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use synos_policy::screening::{Screener, Verdict};
+use synos_policy::classifier::{Classifier, Features};
+use synos_policy::screening::{self, Screener, Verdict};
 use synos_policy::semantic::SemanticStage;
 
 #[derive(serde::Deserialize)]
@@ -102,14 +103,13 @@ fn held_out_injections_are_caught_and_talk_about_instructions_is_not() {
         "held-out: recall {recall:.3} (rules alone {:.3}); blocked benign: NotInject {hard_negatives:.3}, WildGuard {ordinary:.3}",
         rules_only.share("injection")
     );
-    // Measured when the stage landed: recall 0.760, NotInject 0.009, WildGuard 0.061; with
-    // rule set 2026.12.3, recall 0.771; with 2026.12.4 and 2026.12.5, 0.786; with 2026.12.6,
-    // 0.798; with 2026.12.7 (new tuning sources of extraction and planted instructions, decoded
-    // encodings), 0.798 still; with 2026.12.8 (the override rule in eleven more languages),
-    // 0.798 (2026.12.9 and .10 not looked at). The issue's target is recall 0.8 at 5% on
-    // NotInject; these floors keep what was reached from slipping while the gap is open (see
-    // the issue's notes), without tuning on this set.
-    assert!(recall >= 0.79, "recall {recall:.3} on held-out injections");
+    // Measured when the exemplar stage landed: recall 0.760, NotInject 0.009, WildGuard 0.061;
+    // rule sets 2026.12.3 to 2026.12.10 took recall to 0.798. The classifier trained on the
+    // tuning set (2026.12.11; designed, and its block probability chosen, on the tuning set
+    // alone): recall 0.908, NotInject 0.018, WildGuard 0.061. The issue's target is recall 0.8
+    // at 5% on NotInject; the recall floor keeps most of what was reached (a retrained
+    // classifier may move a few prompts either way) without tuning on this set.
+    assert!(recall >= 0.88, "recall {recall:.3} on held-out injections");
     assert!(
         hard_negatives <= 0.05,
         "{hard_negatives:.3} of NotInject's benign prompts blocked"
@@ -127,6 +127,9 @@ fn held_out_injections_are_caught_and_talk_about_instructions_is_not() {
 
 #[test]
 fn tuning_figures_are_those_the_margin_was_chosen_with() {
+    // The classifier is trained on these prompts, so with it the tuning figures show how well
+    // it fits them; how it does on prompts it has not seen, per source, is what
+    // `examples/train-screening-classifier.rs --leave-one-source-out` shows.
     let both = Screener::new(0.4, 0.7).with_semantic_stage(semantic_stage());
     let tuning = prompts("tuning");
     let figures = Figures::measure(&both, &tuning);
@@ -159,9 +162,10 @@ fn tuning_figures_are_those_the_margin_was_chosen_with() {
     let (blocked, all) = figures.blocked["benign"];
     let (rest_blocked, rest) = figures.blocked["benign:WildGuard-benign-rest"];
     let before_the_rest = (blocked - rest_blocked) as f64 / (all - rest) as f64;
-    // 655 of 744 (0.880) with rule set 2026.12.8: a rule change must not lose what was caught.
+    // 655 of 744 (0.880) with rule set 2026.12.8; 719 (0.966) with the classifier trained on
+    // them (2026.12.11): a change must not lose what was caught.
     let recall = figures.share("injection");
-    assert!(recall >= 0.87, "recall {recall:.3} on tuning injections");
+    assert!(recall >= 0.95, "recall {recall:.3} on tuning injections");
     assert!(
         before_the_rest <= 0.05,
         "{before_the_rest:.3} of the benign prompts the margin was chosen on blocked"
@@ -169,6 +173,28 @@ fn tuning_figures_are_those_the_margin_was_chosen_with() {
     assert!(
         rest_blocked as f64 / rest as f64 <= 0.09,
         "{rest_blocked} of WildGuard's last {rest} benign prompts blocked"
+    );
+}
+
+#[test]
+fn the_shipped_classifier_is_what_the_tuning_set_trains() {
+    let stage = semantic_stage();
+    let examples: Vec<(Features, bool)> = prompts("tuning")
+        .iter()
+        .map(|prompt| {
+            let features = stage
+                .classifier_features(&screening::normalised(&prompt.text))
+                .expect("features");
+            (features, prompt.label == "injection")
+        })
+        .collect();
+    let trained = Classifier::train(&examples);
+    let shipped = Classifier::built_in(384).expect("the shipped weights load");
+    let difference = trained.largest_difference(&shipped);
+    assert!(
+        difference <= 1e-5,
+        "the shipped weights differ from the tuning set's by up to {difference}: retrain with \
+         `cargo run --release -p synos-policy --example train-screening-classifier`"
     );
 }
 

@@ -356,14 +356,15 @@ async fn synosctl_screens_redacts_and_verifies_the_audit_log() {
         .iter()
         .map(|rule| rule["id"].as_str().unwrap())
         .collect();
-    // The sandbox gives the daemon the shipped model, so the semantic stage
-    // recognises the attack as well as the rules do.
+    // The sandbox gives the daemon the shipped model, so the semantic stage and
+    // the classifier recognise the attack as well as the rules do.
     assert_eq!(
         rules,
         [
             "ignore-previous-instructions",
             "reveal-system-prompt",
-            "semantic-override"
+            "semantic-override",
+            "semantic-classifier"
         ]
     );
     let (code, stdout, _) =
