@@ -17,6 +17,10 @@ const EXEMPLARS: &str = include_str!("../screening/exemplars.tsv");
 const WINDOW_TOKENS: usize = 8;
 /// Windows overlap by half, so no clause falls between two.
 const WINDOW_STRIDE: usize = WINDOW_TOKENS / 2;
+/// Texts longer than this are judged by the classifier a piece at a time, the most likely piece
+/// deciding: the n-gram counts of a whole 4 MiB text would take ~40 MB, and no prompt it was
+/// trained or measured on is longer than 12 KB.
+pub const CLASSIFIER_PIECE_BYTES: usize = 16 * 1024;
 /// How much being close to a benign sentence takes away from being close to an attack.
 const BENIGN_PENALTY: f32 = 0.5;
 
@@ -118,33 +122,57 @@ impl SemanticStage {
         })
     }
 
-    /// What the learned classifier reads of `text` (normalised as screening normalises it).
+    /// What the learned classifier reads of the whole of `text` (normalised as screening
+    /// normalises it): what it is trained on. [`Self::assess`] reads a text longer than
+    /// [`CLASSIFIER_PIECE_BYTES`] a piece at a time.
     pub fn classifier_features(&self, text: &str) -> Result<Features, EmbeddingError> {
-        Ok(self.read(text)?.1)
+        let tokens = self.embedder.tokens(text)?;
+        let (_, embedding) = self.nearest_and_embedding(&tokens);
+        Ok(Features::new(text, embedding))
     }
 
     /// Both of the stage's judgements of `text`, from one tokenization.
     pub fn assess(&self, text: &str) -> Result<Assessment, EmbeddingError> {
-        let (nearest, features) = self.read(text)?;
+        let tokens = self.embedder.tokens(text)?;
+        let (nearest, embedding) = self.nearest_and_embedding(&tokens);
+        let injection_probability = if text.len() <= CLASSIFIER_PIECE_BYTES {
+            self.classifier.probability(&Features::new(text, embedding))
+        } else {
+            let mut most = 0.0_f32;
+            let mut start = 0;
+            while start < text.len() {
+                let end = piece_end(text, start);
+                let first = tokens
+                    .offsets
+                    .partition_point(|(offset, _)| *offset < start);
+                let last = tokens.offsets.partition_point(|(offset, _)| *offset < end);
+                let features = Features::new(
+                    &text[start..end],
+                    self.embedder.embed_ids(&tokens.ids[first..last]),
+                );
+                most = most.max(self.classifier.probability(&features));
+                start = end;
+            }
+            most
+        };
         Ok(Assessment {
             nearest,
-            injection_probability: self.classifier.probability(&features),
+            injection_probability,
         })
     }
 
-    /// The window closest to an attack and the classifier's features, from one pass over the
-    /// tokens: the windows' rows add up to the whole text's embedding.
-    fn read(&self, text: &str) -> Result<(Option<Nearest>, Features), EmbeddingError> {
-        let tokens = self.embedder.tokens(text)?;
+    /// The window closest to an attack and the whole text's unit-length embedding, from one
+    /// pass over the tokens: the windows' rows add up to the whole text's.
+    fn nearest_and_embedding(&self, tokens: &Tokens) -> (Option<Nearest>, Vec<f32>) {
         let mut embedding = vec![0.0; self.embedder.dimensions()];
-        let nearest = self.nearest(&tokens, &mut embedding);
+        let nearest = self.nearest(tokens, &mut embedding);
         let length = norm(&embedding);
         if length > 0.0 {
             for value in &mut embedding {
                 *value /= length;
             }
         }
-        Ok((nearest, Features::new(text, embedding)))
+        (nearest, embedding)
     }
 
     /// The window of the text of `tokens` that comes closest to an attack, if it has any token;
@@ -227,6 +255,22 @@ impl SemanticStage {
     }
 }
 
+/// Where the classifier's piece of `text` that starts at `start` ends: at most
+/// [`CLASSIFIER_PIECE_BYTES`] on, after the last whitespace in its second half if there is one,
+/// so words stay whole.
+fn piece_end(text: &str, start: usize) -> usize {
+    let limit = text.floor_char_boundary(start + CLASSIFIER_PIECE_BYTES);
+    if limit >= text.len() {
+        return text.len();
+    }
+    let middle = text.ceil_char_boundary(start + CLASSIFIER_PIECE_BYTES / 2);
+    text[middle..limit]
+        .char_indices()
+        .rev()
+        .find(|(_, c)| c.is_whitespace())
+        .map_or(limit, |(offset, c)| middle + offset + c.len_utf8())
+}
+
 /// Adds `values` into `total`, element by element.
 fn add(total: &mut [f32], values: &[f32]) {
     for (sum, value) in total.iter_mut().zip(values) {
@@ -252,6 +296,38 @@ fn exemplars() -> impl Iterator<Item = (&'static str, &'static str, &'static str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_texts_fall_into_pieces_of_whole_words() {
+        let pieces = |text: &str| {
+            let mut ends = Vec::new();
+            let mut start = 0;
+            while start < text.len() {
+                let end = piece_end(text, start);
+                assert!(text.is_char_boundary(end) && end > start);
+                assert!(end - start <= CLASSIFIER_PIECE_BYTES);
+                ends.push(end);
+                start = end;
+            }
+            ends
+        };
+        assert_eq!(pieces("short text"), [10]);
+        // Words of "word " and an ideographic space (three bytes) between them.
+        for text in [
+            "word ".repeat(10_000),
+            "mot\u{3000}".repeat(7_000),
+            "é".repeat(20_000),
+        ] {
+            let ends = pieces(&text);
+            assert_eq!(ends.last(), Some(&text.len()));
+            for end in &ends[..ends.len() - 1] {
+                let before = text[..*end].chars().next_back();
+                if text.contains(char::is_whitespace) {
+                    assert!(before.is_some_and(char::is_whitespace), "{end}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_exemplar_line_is_well_formed() {

@@ -199,6 +199,45 @@ fn the_shipped_classifier_is_what_the_tuning_set_trains() {
 }
 
 #[test]
+fn the_classifier_reads_a_long_text_a_piece_at_a_time() {
+    let stage = semantic_stage();
+    let both = Screener::new(0.4, 0.7).with_semantic_stage(Arc::clone(&stage));
+    let classified = |text: &str| {
+        both.screen(text)
+            .matched
+            .iter()
+            .any(|found| found.rule.id == "semantic-classifier")
+    };
+    // The tuning injection the classifier is surest of, after a document longer than a piece.
+    let attack = prompts("tuning")
+        .into_iter()
+        .filter(|prompt| prompt.label == "injection")
+        .max_by(|left, right| {
+            let probability = |text: &str| {
+                stage
+                    .assess(&screening::normalised(text))
+                    .expect("assessed")
+                    .injection_probability
+            };
+            probability(&left.text).total_cmp(&probability(&right.text))
+        })
+        .expect("injections")
+        .text;
+    let document = "The quarterly report covers revenue, hiring and the new office in Lyon. \
+        Sales grew in every region except the north, where a supplier failed. "
+        .repeat(300);
+    assert!(document.len() > synos_policy::semantic::CLASSIFIER_PIECE_BYTES * 2);
+    assert!(classified(&attack));
+    assert!(!classified(&document));
+    // Repeated until one piece at least is nothing but the attack: a piece is judged whole, so
+    // an attack diluted in a long piece of ordinary text is left to the windows and the rules.
+    let attacks = format!("{attack} ")
+        .repeat(synos_policy::semantic::CLASSIFIER_PIECE_BYTES * 2 / attack.len() + 1);
+    assert!(classified(&format!("{document}{attacks}")));
+    assert!(classified(&format!("{document}{attacks}{document}")));
+}
+
+#[test]
 fn the_semantic_stage_points_at_the_attacking_words_in_a_long_text() {
     let both = Screener::new(0.4, 0.7).with_semantic_stage(semantic_stage());
     let document = "The quarterly report covers revenue, hiring and the new office in Lyon. \
