@@ -1,7 +1,9 @@
-//! The second screening stage: how close any short window of a prompt comes to a bank of known
-//! attack sentences, against how close it comes to benign near misses. It generalises to
-//! phrasings the rules have never seen, using the token table distilled from the all-MiniLM
-//! model that synos-model-minilm ships, so it costs well under a millisecond per kilobyte.
+//! The screening stages that read the model's token table: how close any short window of a
+//! prompt comes to a bank of known attack sentences, against how close it comes to benign near
+//! misses, and the learned classifier ([`crate::classifier`]) over the whole text. They
+//! generalise to phrasings the rules have never seen, using the token table distilled from the
+//! all-MiniLM model that synos-model-minilm ships, so together they cost well under a
+//! millisecond per kilobyte.
 
 use std::path::Path;
 
