@@ -131,7 +131,7 @@ fn leave_one_source_out(
                 .screen(&prompt.text)
                 .matched
                 .into_iter()
-                .filter(|found| found.rule.id != "semantic-classifier")
+                .filter(|found| found.rule.id != screening::CLASSIFIER_RULE_ID)
                 .collect();
             screening::combined_score(&matched) >= 0.7
         })

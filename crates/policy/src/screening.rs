@@ -298,9 +298,12 @@ const SEMANTIC_RULES: &[Rule] = &[
     ),
 ];
 
+/// The id the learned classifier's findings are reported under.
+pub const CLASSIFIER_RULE_ID: &str = "semantic-classifier";
+
 /// The learned classifier's finding, about the whole text.
 const CLASSIFIER_RULE: Rule = Rule {
-    id: "semantic-classifier",
+    id: CLASSIFIER_RULE_ID,
     description: "judged an injection by the classifier trained on public injection and benign prompts",
     weight: SEMANTIC_BLOCK_WEIGHT,
     pattern: "",

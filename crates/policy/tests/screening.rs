@@ -206,7 +206,7 @@ fn the_classifier_reads_a_long_text_a_piece_at_a_time() {
         both.screen(text)
             .matched
             .iter()
-            .any(|found| found.rule.id == "semantic-classifier")
+            .any(|found| found.rule.id == screening::CLASSIFIER_RULE_ID)
     };
     // The tuning injection the classifier is surest of, after a document longer than a piece.
     let attack = prompts("tuning")
