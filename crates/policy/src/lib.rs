@@ -79,7 +79,10 @@ async fn screener(
     match loaded {
         Ok(stage) => (
             screener.with_semantic_stage(Arc::new(stage)),
-            format!("screening by rules and similarity ({})", settings.model),
+            format!(
+                "screening by rules, similarity and a classifier ({})",
+                settings.model
+            ),
         ),
         Err(problem) => {
             tracing::warn!(%problem, "semantic screening unavailable: the rules screen alone");
