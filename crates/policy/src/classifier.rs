@@ -15,7 +15,7 @@ use safetensors::tensor::{Dtype, TensorView};
 /// The weights trained from `tests/screening/tuning.jsonl`.
 const BUILT_IN_WEIGHTS: &[u8] = include_bytes!("../screening/classifier.safetensors");
 
-/// Buckets the n-grams are hashed into: enough that the tuning set's ~200 000 distinct n-grams
+/// Buckets the n-grams are hashed into: enough that the tuning set's ~140 000 distinct n-grams
 /// rarely share one (2^16 measured the same on the tuning set; this leaves room to grow).
 pub const HASHED_FEATURES: usize = 1 << 18;
 /// Character n-gram lengths, taken inside each word padded with a space on either side: they
