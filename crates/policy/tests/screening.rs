@@ -208,33 +208,38 @@ fn the_classifier_reads_a_long_text_a_piece_at_a_time() {
             .iter()
             .any(|found| found.rule.id == screening::CLASSIFIER_RULE_ID)
     };
-    // The tuning injection the classifier is surest of, after a document longer than a piece.
-    let attack = prompts("tuning")
-        .into_iter()
+    let probability = |text: &str| {
+        stage
+            .assess(&screening::normalised(text))
+            .expect("assessed")
+            .injection_probability
+    };
+    let tuning = prompts("tuning");
+    // The tuning injection the classifier is surest of.
+    let attack = tuning
+        .iter()
         .filter(|prompt| prompt.label == "injection")
-        .max_by(|left, right| {
-            let probability = |text: &str| {
-                stage
-                    .assess(&screening::normalised(text))
-                    .expect("assessed")
-                    .injection_probability
-            };
-            probability(&left.text).total_cmp(&probability(&right.text))
-        })
+        .max_by(|left, right| probability(&left.text).total_cmp(&probability(&right.text)))
         .expect("injections")
-        .text;
-    let document = "The quarterly report covers revenue, hiring and the new office in Lyon. \
-        Sales grew in every region except the north, where a supplier failed. "
-        .repeat(300);
-    assert!(document.len() > synos_policy::semantic::CLASSIFIER_PIECE_BYTES * 2);
+        .text
+        .clone();
+    // A long document of varied, ordinary text: the benign tuning prompts it is surest of.
+    let document = tuning
+        .iter()
+        .filter(|prompt| prompt.label == "benign" && probability(&prompt.text) < 0.1)
+        .map(|prompt| prompt.text.as_str())
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let piece = synos_policy::semantic::CLASSIFIER_PIECE_BYTES;
+    assert!(document.len() > piece * 8, "{} bytes", document.len());
     assert!(classified(&attack));
     assert!(!classified(&document));
-    // Repeated until one piece at least is nothing but the attack: a piece is judged whole, so
-    // an attack diluted in a long piece of ordinary text is left to the windows and the rules.
-    let attacks = format!("{attack} ")
-        .repeat(synos_policy::semantic::CLASSIFIER_PIECE_BYTES * 2 / attack.len() + 1);
+    // Repeated until one piece at least is nothing but the attack: judged whole, the text
+    // would be mostly the document, and not classified an injection. (An attack diluted in a
+    // long piece of ordinary text is left to the windows and the rules.)
+    let attacks = format!("{attack} ").repeat(piece * 2 / attack.len() + 1);
     assert!(classified(&format!("{document}{attacks}")));
-    assert!(classified(&format!("{document}{attacks}{document}")));
+    assert!(classified(&format!("{document}\n\n{attacks}{document}")));
 }
 
 #[test]
