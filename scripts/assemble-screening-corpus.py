@@ -169,6 +169,18 @@ def our_corpus():
     return tuning
 
 
+def technical_corpus():
+    """Ordinary technical prompts written for SynOS (code, diffs, logs, markup, tables,
+    emoticons), one JSON string a line: the other sources hold hardly any, and without them the
+    classifier took punctuation itself for a sign of injection."""
+    path = ROOT / "crates/policy/tests/corpus/benign-technical.jsonl"
+    return [
+        record(json.loads(line), "benign", "synos/benign-technical.jsonl")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+
+
 # promptmap's distraction tests that are plain questions ("Who is the first president of the
 # United States?"): attacks only against a system prompt that restricts the topic, like BIPIA's.
 PROMPTMAP_PLAIN_QUESTIONS = {"distraction_question", "distraction_question2", "distraction_translate2"}
@@ -234,6 +246,7 @@ def main():
     tuning += deduplicate(prompt_extraction_set(prompt_extraction), seen)
     tuning += deduplicate(cyberseceval_set(purple_llama), seen)
     tuning += deduplicate(wildguard_rest, seen)
+    tuning += deduplicate(technical_corpus(), seen)
     OUT.mkdir(parents=True, exist_ok=True)
     for name, records in (("tuning", tuning), ("held-out", held_out)):
         with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as file:

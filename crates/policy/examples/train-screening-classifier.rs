@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use synos_policy::classifier::{Classifier, Features};
+use synos_policy::config::ScreeningConfig;
 use synos_policy::screening::{self, Screener};
 use synos_policy::semantic::SemanticStage;
 
@@ -123,7 +124,10 @@ fn leave_one_source_out(
     examples: &[(Features, bool)],
     stage: Arc<SemanticStage>,
 ) -> String {
-    let screener = Screener::new(0.4, 0.7).with_semantic_stage(stage);
+    // The packaged thresholds: what the daemon blocks with.
+    let defaults = ScreeningConfig::default();
+    let screener =
+        Screener::new(defaults.flag_threshold, defaults.block_threshold).with_semantic_stage(stage);
     let blocked_without_classifier: Vec<bool> = prompts
         .iter()
         .map(|prompt| {
@@ -133,7 +137,7 @@ fn leave_one_source_out(
                 .into_iter()
                 .filter(|found| found.rule.id != screening::CLASSIFIER_RULE_ID)
                 .collect();
-            screening::combined_score(&matched) >= 0.7
+            screening::combined_score(&matched) >= defaults.block_threshold
         })
         .collect();
     let mut probabilities = vec![0.0_f32; prompts.len()];

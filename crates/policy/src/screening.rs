@@ -16,7 +16,7 @@ use crate::semantic::SemanticStage;
 
 /// Changes whenever a rule, weight, exemplar, the classifier's weights or the normalisation
 /// changes.
-pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.11";
+pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.12";
 
 /// One rule: a pattern over the normalised text and how much a match counts.
 #[derive(Debug)]
@@ -314,7 +314,10 @@ const CLASSIFIER_RULE: Rule = Rule {
 /// in turn and screening it (`examples/train-screening-classifier.rs --leave-one-source-out`):
 /// the lowest probability at which the classifier, trained without a source, added hardly any
 /// benign prompts of that source to what the rules and the exemplar bank block: 4 of 788 over
-/// all sources, for 11 of 744 injections more (at 0.8: 20 benign, 19 injections).
+/// all sources, for 11 of 744 injections more (at 0.8: 20 benign, 19 injections). With the
+/// ordinary technical prompts added (2026.12.12) the same measure gives 28 of 857 and 7: 19 of
+/// the 28 are those technical prompts when the classifier has not seen their kind, which is
+/// why they were added; the probability was kept.
 const CLASSIFIER_BLOCK_PROBABILITY: f32 = 0.9;
 
 /// The weight of a classifier finding with this probability: the block weight at
