@@ -16,7 +16,7 @@ use crate::semantic::SemanticStage;
 
 /// Changes whenever a rule, weight, exemplar, the classifier's weights or the normalisation
 /// changes.
-pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.12";
+pub const RULE_SET_VERSION: &str = "synos-injection-2026.12.13";
 
 /// One rule: a pattern over the normalised text and how much a match counts.
 #[derive(Debug)]
