@@ -99,6 +99,7 @@ snapshot() { # every file and directory outside the virtual and volatile trees
 # Test users exist before the snapshot: useradd and userdel leave backup files of their own.
 inside useradd --create-home alice
 inside useradd --create-home bob
+inside useradd --create-home carol
 # What a user reads the manual and completes commands with, and polkitd (which synos-doctor
 # recommends, and whose system user outlives a purge, as Debian's system users do); before the
 # snapshot, so the purge check sees only what our packages leave.
@@ -356,6 +357,48 @@ router_http_keys() {
 }
 check "router HTTP endpoint: 401 without a key, 200 with one made by synosctl" router_http_keys
 
+# Identity from the socket: alice and carol, both members of synos, are each themself.
+inside usermod --append --groups synos carol
+as() { local user="$1"; shift; inside runuser -u "$user" -- synosctl "$@"; }
+refused_as() { # refused_as USER ARGUMENTS...: exits non-zero with "permission denied"
+  local user="$1"; shift
+  if as "$user" "$@" >"$work/refused.out" 2>"$work/refused.err" ||
+    ! grep -q "permission denied" "$work/refused.err"; then
+    echo "not refused: synosctl $* as $user"; cat "$work/refused.out" "$work/refused.err"; return 1
+  fi
+}
+memories_are_their_owners() {
+  local id
+  id="$(as carol memory remember --scope user:carol "Carol's locker code is 4711")" || return 1
+  refused_as alice memory recall --scope user:carol "locker code" &&
+    refused_as alice memory list --scope user:carol &&
+    refused_as alice memory get "$id" &&
+    refused_as alice memory forget "$id" &&
+    refused_as alice memory forget --scope user:carol &&
+    refused_as alice ask --user carol "What is my locker code?" &&
+    as alice memory export >"$work/alice-export.jsonl" && ! grep -q 4711 "$work/alice-export.jsonl" &&
+    as carol memory recall --scope user:carol --json "locker code" | grep -q 4711 &&
+    inside synosctl audit search --principal 'User::"alice"' --action memory.read:user:carol --json |
+    grep -q '"outcome": *"deny"'
+}
+check "one member of synos cannot read, list, export, change or forget another's memories" memories_are_their_owners
+forged_principals_refused() {
+  refused_as alice policy check --principal 'User::"root"' --action policy.reload &&
+    refused_as alice policy exec --principal 'User::"carol"' date &&
+    refused_as alice llm keys create --principal carol &&
+    as alice policy check --action llm.chat --resource 'Route::"default"' >/dev/null
+}
+check "a principal named for someone else is refused by policy and the router" forged_principals_refused
+administration_refused() {
+  refused_as alice policy reload && refused_as alice audit tail &&
+    refused_as alice llm provider drain local &&
+    inside synosctl audit search --principal 'User::"alice"' --action llm.manage --json |
+    grep -q '"outcome": *"deny"' &&
+    inside synosctl audit search --principal 'User::"alice"' --action policy.reload --json |
+    grep -q '"outcome": *"deny"'
+}
+check "administration by a member of synos who is not root is refused and audited" administration_refused
+
 for daemon in "${DAEMONS[@]}"; do
   limit=2.0
   [[ " ${NO_NETWORK_DAEMONS[*]} " == *" $daemon "* ]] && limit=1.0
@@ -481,6 +524,12 @@ doctor_restarts_then_asks() {
   status="$(inside synosctl status 2>&1 || true)"
   grep -q "SURVIVAL MODE: synos-hwaccel.service stays failed" <<<"$status" ||
     { echo "synosctl status does not show survival mode: $status"; return 1; }
+  # The doctor sees alice as alice (her uid on its socket, no private user namespace), and
+  # policy refuses her by name; the proposal stays pending for root.
+  if inside runuser -u alice -- synosctl doctor approve "$id" 2>"$work/alice-approve.err" ||
+    ! grep -q 'User::"alice" may not doctor.approve' "$work/alice-approve.err"; then
+    cat "$work/alice-approve.err"; echo "alice's approval was not refused as alice's"; return 1
+  fi
   inside synosctl doctor approve "$id" || return 1
   wait_active synos-hwaccel.service || return 1
   for _ in $(seq 100); do

@@ -8,6 +8,7 @@
 
 pub mod process;
 pub mod stand_in;
+pub mod users;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

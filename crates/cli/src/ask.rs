@@ -74,9 +74,8 @@ fn valid_id(id: &str) -> bool {
 fn user_name(given: Option<&str>) -> Result<String, CliError> {
     let user = match given {
         Some(user) => user.to_owned(),
-        None => std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "local".to_owned()),
+        // Who the daemons will see on the socket, not what $USER claims.
+        None => synos_common::caller::own_login().unwrap_or_else(|| "local".to_owned()),
     };
     if valid_id(&user) {
         Ok(user)
@@ -110,7 +109,8 @@ pub(crate) async fn ask(cli: &Cli, question: Question<'_>) -> CommandResult {
     let screening = policy
         .screen_input(ScreenInputRequest {
             text: text.clone(),
-            principal: user.clone(),
+            // Every daemon knows who asks from the socket; `--user` only picks whose memories.
+            principal: String::new(),
             resource: format!("Route::{:?}", question.route),
         })
         .await
@@ -135,7 +135,12 @@ pub(crate) async fn ask(cli: &Cli, question: Question<'_>) -> CommandResult {
     let recalled = match &memory {
         Some(connection) => match recall(connection, &text, scopes).await {
             Ok(recalled) => recalled,
-            Err(error) => {
+            // Another user's memories are refused outright, not answered without them.
+            Err(status) if status.code() == tonic::Code::PermissionDenied => {
+                return Err(connection.call_failed(&status));
+            }
+            Err(status) => {
+                let error = connection.call_failed(&status);
                 warnings.push(format!("answered without recall: {error}"));
                 Vec::new()
             }
@@ -164,26 +169,15 @@ pub(crate) async fn ask(cli: &Cli, question: Question<'_>) -> CommandResult {
         messages,
         max_tokens: question.max_tokens,
         seed: question.seed,
-        principal: user.clone(),
         ..ChatRequest::default()
     };
     let (answer, redactions, served) =
-        answer(cli, request, &policy_connection, &user, !question.json).await?;
+        answer(cli, request, &policy_connection, !question.json).await?;
 
     let scope = chat_scope.unwrap_or(user_scope);
     let remembered = match &memory {
         Some(connection) => {
-            match remember(
-                connection,
-                &mut policy,
-                &user,
-                &scope,
-                &text,
-                &answer,
-                &served,
-            )
-            .await
-            {
+            match remember(connection, &mut policy, &scope, &text, &answer, &served).await {
                 Ok(id) => Some(id),
                 Err(error) => {
                     warnings.push(format!("the exchange was not remembered: {error}"));
@@ -281,7 +275,7 @@ async fn recall(
     connection: &Connected,
     question: &str,
     scopes: Vec<String>,
-) -> Result<Vec<Recalled>, CliError> {
+) -> Result<Vec<Recalled>, tonic::Status> {
     let response = MemoryClient::new(connection.channel.clone())
         .recall(RecallRequest {
             query: question.to_owned(),
@@ -290,8 +284,7 @@ async fn recall(
             mode: memory::RecallMode::Hybrid.into(),
             filter: None,
         })
-        .await
-        .map_err(|status| connection.call_failed(&status))?
+        .await?
         .into_inner();
     Ok(response
         .results
@@ -316,7 +309,6 @@ async fn answer(
     cli: &Cli,
     request: ChatRequest,
     policy_connection: &Connected,
-    user: &str,
     print: bool,
 ) -> Result<(String, Vec<String>, llm::Served), CliError> {
     let router_connection = connect(cli, "llm-router").await?;
@@ -331,11 +323,9 @@ async fn answer(
         .await
         .map_err(|status| policy_connection.call_failed(&status))?
         .into_inner();
-    let principal = user.to_owned();
     // Forwards the router's text into the redaction stream; closing it (by returning) makes
     // policy release what it held back.
     let forward = tokio::spawn(async move {
-        let mut principal = Some(principal);
         while let Some(event) = events.next().await {
             match event
                 .map_err(|status| router_connection.call_failed(&status))?
@@ -345,7 +335,7 @@ async fn answer(
                     let chunk = RedactOutputChunk {
                         text,
                         spans: Vec::new(),
-                        principal: principal.take().unwrap_or_default(),
+                        principal: String::new(),
                     };
                     if sender.send(chunk).await.is_err() {
                         return Err(CliError::failure(
@@ -400,7 +390,6 @@ async fn answer(
 async fn remember(
     connection: &Connected,
     policy: &mut PolicyClient<Channel>,
-    user: &str,
     scope: &str,
     question: &str,
     answer: &str,
@@ -409,7 +398,7 @@ async fn remember(
     let question = policy
         .redact_output(RedactOutputRequest {
             text: question.to_owned(),
-            principal: user.to_owned(),
+            principal: String::new(),
         })
         .await
         .map_err(|status| CliError::failure(&format!("synos-policy: {}", status.message())))?

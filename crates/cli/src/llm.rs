@@ -437,7 +437,7 @@ pub(crate) async fn keys_list(cli: &Cli, as_json: bool) -> CommandResult {
             .collect();
         emit_json(&json!({ "keys": keys }));
     } else if keys.is_empty() {
-        emit("no keys; create one with `synosctl llm keys create --principal NAME`");
+        emit("no keys; create one with `synosctl llm keys create`");
     } else {
         let rows: Vec<Vec<String>> = keys
             .iter()

@@ -177,8 +177,9 @@ enum ProviderCommand {
 enum KeysCommand {
     /// Create a key; it is printed once, alone on the last line
     Create {
-        /// Whom requests with the key are for (budgets apply to it)
-        #[arg(long)]
+        /// Whom requests with the key are for (budgets apply to it); you when left out. A key
+        /// for someone else needs policy's llm.manage
+        #[arg(long, default_value = "")]
         principal: String,
         /// A route the key may use (repeatable); all routes when none is given
         #[arg(long = "route", value_name = "ROUTE")]
@@ -330,8 +331,9 @@ enum HwCommand {
 enum PolicyCommand {
     /// Ask whether a principal may perform an action on a resource; exit 0 allow, 1 deny
     Check {
-        /// Who asks, as a Cedar entity uid, e.g. 'User::"alice"'
-        #[arg(long)]
+        /// Who asks, as a Cedar entity uid, e.g. 'User::"alice"'; you (as the socket proves)
+        /// when left out. Only root and the SynOS services may ask for someone else
+        #[arg(long, default_value = "")]
         principal: String,
         /// The action, e.g. llm.chat
         #[arg(long)]
@@ -364,8 +366,9 @@ enum PolicyCommand {
     Reload,
     /// Run a configured tool in the sandbox, as a principal; exits with the tool's status
     Exec {
-        /// Who runs it, as a Cedar entity uid
-        #[arg(long, default_value = "User::\"root\"")]
+        /// Who runs it, as a Cedar entity uid; you (as the socket proves) when left out. Only
+        /// root and the SynOS services may name someone else
+        #[arg(long, default_value = "")]
         principal: String,
         /// The tool's name in policy.toml
         tool: String,

@@ -1,4 +1,4 @@
-//! The one runtime every SynOS daemon shares: identity, configuration, telemetry, systemd
+//! The one runtime every SynOS daemon shares: identity (its own, and its callers'), configuration, telemetry, systemd
 //! integration, listeners, the gRPC server with its standard services, and error mapping.
 //!
 //! A daemon's `main` calls [`daemon::main`] with its `run(config, shutdown)` function; `run`
@@ -6,6 +6,7 @@
 //! doctor, tests) reach daemons through [`client::connect`].
 
 pub mod admin;
+pub mod caller;
 pub mod client;
 pub mod config;
 pub mod daemon;

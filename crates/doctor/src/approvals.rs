@@ -157,22 +157,6 @@ pub struct Peers {
     pub timeout: Duration,
 }
 
-/// Who calls, as a Cedar principal (`User::"alice"`), from the peer credentials of a
-/// connection to a Unix socket, and whether that is root.
-pub fn caller(peer_uid: Option<u32>) -> Result<(String, bool), Status> {
-    let uid = peer_uid.ok_or_else(|| {
-        Status::permission_denied(
-            "the caller's identity is unknown (no peer credentials on this connection); \
-             approvals are taken over the doctor's Unix socket only",
-        )
-    })?;
-    let name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map_or_else(|| format!("uid-{uid}"), |user| user.name);
-    Ok((format!("User::{name:?}"), uid == 0))
-}
-
 /// Asks policy whether `principal` may `verb` ("doctor.approve") `action`. While policy cannot
 /// be reached only root may, and the answer says it went unaudited.
 pub async fn authorize(

@@ -397,6 +397,14 @@ impl Book {
     /// [`Self::release`]. NOT_FOUND for an unknown id, FAILED_PRECONDITION when it was already
     /// decided or is being decided.
     pub fn claim(&mut self, id: &str) -> Result<Proposal, tonic::Status> {
+        let proposal = self.pending(id)?;
+        self.deciding.push(id.to_owned());
+        Ok(proposal)
+    }
+
+    /// Pending proposal `id`, left unclaimed (to authorize its decision before claiming it);
+    /// the errors of [`Self::claim`].
+    pub fn pending(&self, id: &str) -> Result<Proposal, tonic::Status> {
         let proposal = self
             .proposals
             .iter()
@@ -414,7 +422,6 @@ impl Book {
                 "pending action {id} is being decided by another call"
             )));
         }
-        self.deciding.push(id.to_owned());
         Ok(proposal.clone())
     }
 

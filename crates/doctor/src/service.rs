@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt as _};
+use synos_common::caller::Caller;
 use synos_proto::doctor::v1::doctor_server::Doctor;
 use synos_proto::doctor::v1::{
     ApproveRequest, CheckReport, DaemonReport, DenyRequest, GetReportRequest, GetReportResponse,
@@ -11,7 +12,6 @@ use synos_proto::doctor::v1::{
     ListPendingResponse, OverallState, PendingAction, PendingState, RunCheckRequest,
     WatchIncidentsRequest,
 };
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::approvals::{self, Peers};
@@ -38,32 +38,34 @@ impl DoctorService {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Decides pending action `id` for the caller with `peer_uid`: authorized by policy as
-    /// `verb`, then carried out (approve) or not (deny), and recorded either way.
+    /// Decides pending action `id` for `caller`: authorized by policy as `verb` before the
+    /// proposal is claimed (so a caller who will be refused never holds it), then carried out
+    /// (approve) or not (deny), and recorded either way. A call dropped after its claim gives the
+    /// proposal back.
     async fn decide(
         &self,
-        peer_uid: Option<u32>,
+        caller: &Caller,
         id: &str,
         verb: &str,
         deny_reason: Option<&str>,
     ) -> Result<PendingAction, Status> {
-        let (principal, is_root) = approvals::caller(peer_uid)?;
-        let proposal = self.book().claim(id)?;
-        let unaudited = match approvals::authorize(
+        let principal = caller.identified()?.to_owned();
+        let action = self.book().pending(id)?.action;
+        let unaudited = approvals::authorize(
             &self.peers,
             &principal,
-            is_root,
+            caller.is_administrator(),
             verb,
-            proposal.action,
+            action,
         )
         .await
-        {
-            Ok(unaudited) => unaudited,
-            Err(refused) => {
-                self.book().release(id);
-                tracing::warn!(pending = %id, %principal, reason = %refused.message(), "decision refused");
-                return Err(refused);
-            }
+        .inspect_err(|refused| {
+            tracing::warn!(pending = %id, %principal, reason = %refused.message(), "decision refused");
+        })?;
+        let proposal = self.book().claim(id)?;
+        let claim = Claim {
+            book: &self.book,
+            id,
         };
         let (state, mut outcome) = match deny_reason {
             Some(reason) if reason.trim().is_empty() => {
@@ -79,19 +81,25 @@ impl DoctorService {
             outcome = format!("{outcome} ({unaudited})");
         }
         tracing::info!(pending = %id, %principal, %outcome, "decided: {}", proposal.describe());
-        self.book()
-            .decide(id, state, &principal, &outcome)
-            .ok_or_else(|| Status::internal(format!("pending action {id} vanished")))
+        let decided = self.book().decide(id, state, &principal, &outcome);
+        std::mem::forget(claim);
+        decided.ok_or_else(|| Status::internal(format!("pending action {id} vanished")))
     }
 }
 
-/// The uid of the process at the other end of a Unix-socket request.
-fn peer_uid<Message>(request: &Request<Message>) -> Option<u32> {
-    request
-        .extensions()
-        .get::<UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .map(|credentials| credentials.uid())
+/// A claimed proposal, given back undecided if the call deciding it is dropped.
+struct Claim<'a> {
+    book: &'a std::sync::Mutex<crate::incidents::Book>,
+    id: &'a str,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .release(self.id);
+    }
 }
 
 #[tonic::async_trait]
@@ -171,17 +179,17 @@ impl Doctor for DoctorService {
         &self,
         request: Request<ApproveRequest>,
     ) -> Result<Response<PendingAction>, Status> {
-        let peer = peer_uid(&request);
+        let caller = Caller::of(&request);
         let id = request.into_inner().id;
-        self.decide(peer, &id, "doctor.approve", None)
+        self.decide(&caller, &id, "doctor.approve", None)
             .await
             .map(Response::new)
     }
 
     async fn deny(&self, request: Request<DenyRequest>) -> Result<Response<PendingAction>, Status> {
-        let peer = peer_uid(&request);
+        let caller = Caller::of(&request);
         let request = request.into_inner();
-        self.decide(peer, &request.id, "doctor.deny", Some(&request.reason))
+        self.decide(&caller, &request.id, "doctor.deny", Some(&request.reason))
             .await
             .map(Response::new)
     }

@@ -32,6 +32,9 @@ pub enum LeaseError {
     /// The lease could not be written, so it is not granted.
     #[error("{0}")]
     Storage(String),
+    /// The lease is someone else's.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl From<LeaseError> for synos_common::ServiceError {
@@ -42,6 +45,7 @@ impl From<LeaseError> for synos_common::ServiceError {
             LeaseError::NotFound(_) => ErrorKind::NotFound,
             LeaseError::Exhausted(_) => ErrorKind::ResourceExhausted,
             LeaseError::Storage(_) => ErrorKind::Unavailable,
+            LeaseError::Forbidden(_) => ErrorKind::PermissionDenied,
         };
         Self::new(kind, error.to_string())
     }
@@ -262,19 +266,39 @@ impl LeaseBook {
         Ok(())
     }
 
-    /// Extends `id` to `ttl_seconds` (0: the default) from now.
+    /// The position of lease `id`, when `holder` (`None`: an administrator, for any lease) holds
+    /// it.
+    fn held(&self, id: &str, holder: Option<&str>) -> Result<usize, LeaseError> {
+        let position = self
+            .leases
+            .iter()
+            .position(|lease| lease.id == id)
+            .ok_or_else(|| not_found(id))?;
+        match holder {
+            Some(holder) if self.leases[position].holder != holder => {
+                Err(LeaseError::Forbidden(format!(
+                    "lease {id} is held by {}, not by {holder}; only its holder or root may \
+                     renew or release it",
+                    self.leases[position].holder
+                )))
+            }
+            _ => Ok(position),
+        }
+    }
+
+    /// Extends `id` to `ttl_seconds` (0: the default) from now, for `holder` (see
+    /// [`LeaseBook::release`]).
     pub fn renew(
         &mut self,
         id: &str,
+        holder: Option<&str>,
         ttl_seconds: u32,
         settings: &LeasesConfig,
         now: i64,
     ) -> Result<Lease, LeaseError> {
         self.reap(now);
         let ttl = ttl(ttl_seconds, settings)?;
-        let Some(position) = self.leases.iter().position(|lease| lease.id == id) else {
-            return Err(not_found(id));
-        };
+        let position = self.held(id, holder)?;
         let previous = self.leases[position].expires_unix_ms;
         self.leases[position].expires_unix_ms = now.saturating_add(ttl);
         if let Err(error) = self.persist() {
@@ -286,12 +310,15 @@ impl LeaseBook {
         Ok(self.leases[position].to_proto())
     }
 
-    /// Ends `id` now.
-    pub fn release(&mut self, id: &str, now: i64) -> Result<Lease, LeaseError> {
+    /// Ends `id` now, when `holder` holds it (`None`: whoever does, for an administrator).
+    pub fn release(
+        &mut self,
+        id: &str,
+        holder: Option<&str>,
+        now: i64,
+    ) -> Result<Lease, LeaseError> {
         self.reap(now);
-        let Some(position) = self.leases.iter().position(|lease| lease.id == id) else {
-            return Err(not_found(id));
-        };
+        let position = self.held(id, holder)?;
         let released = self.leases.remove(position);
         if let Err(error) = self.persist() {
             self.leases.insert(position, released);
@@ -464,6 +491,34 @@ mod tests {
     }
 
     #[test]
+    fn only_the_holder_or_an_administrator_renews_or_releases() {
+        let gpus = [gpu("gpu0", Some(8 * GIB))];
+        let settings = LeasesConfig::default();
+        let (mut book, _) = LeaseBook::open(None, 0);
+        let lease = book
+            .acquire(&ask(GIB, "User::\"alice\"", 60), &gpus, &settings, 0)
+            .unwrap();
+        let bob = Some("User::\"bob\"");
+        assert!(matches!(
+            book.renew(&lease.id, bob, 30, &settings, SECOND),
+            Err(LeaseError::Forbidden(reason)) if reason.contains("held by User::\"alice\"")
+        ));
+        assert!(matches!(
+            book.release(&lease.id, bob, SECOND),
+            Err(LeaseError::Forbidden(_))
+        ));
+        assert_eq!(
+            book.list(SECOND).len(),
+            1,
+            "a refused release leaves the lease"
+        );
+        book.renew(&lease.id, Some("User::\"alice\""), 30, &settings, SECOND)
+            .unwrap();
+        book.release(&lease.id, None, 2 * SECOND).unwrap();
+        assert!(book.list(2 * SECOND).is_empty());
+    }
+
+    #[test]
     fn leases_expire_renew_and_release() {
         let gpus = [gpu("gpu0", Some(8 * GIB))];
         let settings = LeasesConfig::default();
@@ -472,13 +527,15 @@ mod tests {
             .acquire(&ask(0, "router", 10), &gpus, &settings, 0)
             .unwrap();
         assert_eq!(lease.expires_at, Some(timestamp(10 * SECOND)));
-        let renewed = book.renew(&lease.id, 30, &settings, 5 * SECOND).unwrap();
+        let renewed = book
+            .renew(&lease.id, None, 30, &settings, 5 * SECOND)
+            .unwrap();
         assert_eq!(renewed.expires_at, Some(timestamp(35 * SECOND)));
         assert_eq!(book.reap(34 * SECOND), []);
         let expired = book.reap(35 * SECOND);
         assert_eq!(expired.len(), 1);
         assert!(matches!(
-            book.renew(&lease.id, 30, &settings, 36 * SECOND),
+            book.renew(&lease.id, None, 30, &settings, 36 * SECOND),
             Err(LeaseError::NotFound(_))
         ));
         let again = book
@@ -490,9 +547,9 @@ mod tests {
                 40 * SECOND + i64::from(settings.default_ttl_s) * SECOND
             ))
         );
-        book.release(&again.id, 41 * SECOND).unwrap();
+        book.release(&again.id, None, 41 * SECOND).unwrap();
         assert!(matches!(
-            book.release(&again.id, 41 * SECOND),
+            book.release(&again.id, None, 41 * SECOND),
             Err(LeaseError::NotFound(_))
         ));
     }

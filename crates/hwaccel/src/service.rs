@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{Stream, StreamExt as _};
 use synos_common::ServiceError;
+use synos_common::caller::Caller;
 use synos_proto::hwaccel::v1::hardware_server::Hardware;
 use synos_proto::hwaccel::v1::{
     AcquireAcceleratorRequest, GetSystemInfoRequest, GetSystemInfoResponse, GetTierRequest,
@@ -46,6 +47,13 @@ pub(crate) async fn with_leases<Answer: Send + 'static>(
     .await
     .map_err(|error| Status::from(ServiceError::internal("the lease book failed", &error)))?
     .map_err(|error| Status::from(ServiceError::from(error)))
+}
+
+/// Whose leases `caller` may renew and release: its own (`Some`), or any (`None`) for those who
+/// may act for others (root, a SynOS service, the daemon's own account).
+fn lease_holder(caller: &Caller) -> Result<Option<String>, Status> {
+    let own = caller.identified()?;
+    Ok((!caller.may_act_for_others()).then(|| own.to_owned()))
 }
 
 type UtilizationStream = Pin<Box<dyn Stream<Item = Result<Utilization, Status>> + Send>>;
@@ -89,7 +97,10 @@ impl Hardware for HardwareService {
         &self,
         request: Request<AcquireAcceleratorRequest>,
     ) -> Result<Response<Lease>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request);
+        let mut request = request.into_inner();
+        // The holder is who the socket says calls (or whom a service or root acquires for).
+        request.holder = caller.acting_as(&request.holder)?;
         let info = Arc::clone(&self.info);
         let settings = self.lease_settings.clone();
         let lease = with_leases(&self.leases, move |book| {
@@ -104,11 +115,13 @@ impl Hardware for HardwareService {
         &self,
         request: Request<RenewLeaseRequest>,
     ) -> Result<Response<Lease>, Status> {
+        let holder = lease_holder(&Caller::of(&request))?;
         let request = request.into_inner();
         let settings = self.lease_settings.clone();
         let lease = with_leases(&self.leases, move |book| {
             book.renew(
                 &request.lease_id,
+                holder.as_deref(),
                 request.ttl_seconds,
                 &settings,
                 now_unix_ms(),
@@ -122,9 +135,12 @@ impl Hardware for HardwareService {
         &self,
         request: Request<ReleaseLeaseRequest>,
     ) -> Result<Response<ReleaseLeaseResponse>, Status> {
+        let holder = lease_holder(&Caller::of(&request))?;
         let id = request.into_inner().lease_id;
-        let released =
-            with_leases(&self.leases, move |book| book.release(&id, now_unix_ms())).await?;
+        let released = with_leases(&self.leases, move |book| {
+            book.release(&id, holder.as_deref(), now_unix_ms())
+        })
+        .await?;
         tracing::info!(lease = %released.id, holder = %released.holder, "lease released");
         Ok(Response::new(ReleaseLeaseResponse {}))
     }

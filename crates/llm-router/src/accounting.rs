@@ -157,7 +157,7 @@ impl Ledger {
             let spent = spent(&day.principals, principal);
             if spent >= limit {
                 return Err(format!(
-                    "the daily budget of principal {principal:?} is spent: ${spent:.6} of \
+                    "the daily budget of {principal} is spent: ${spent:.6} of \
                      ${limit:.6} today (UTC); it resets at midnight UTC"
                 ));
             }
@@ -310,7 +310,7 @@ mod tests {
             reopened
                 .check("x", None, "alice", Some(0.015))
                 .unwrap_err()
-                .contains("principal \"alice\"")
+                .contains("budget of alice is spent")
         );
     }
 }

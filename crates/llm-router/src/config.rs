@@ -154,10 +154,10 @@ pub struct BudgetsConfig {
 }
 
 impl BudgetsConfig {
-    /// The daily limit that applies to `principal`.
+    /// The daily limit that applies to `principal` (`User::"alice"` is configured as `alice`).
     pub fn for_principal(&self, principal: &str) -> Option<f64> {
         self.principal_daily_usd
-            .get(principal)
+            .get(synos_common::caller::account_name(principal))
             .copied()
             .or(self.default_principal_daily_usd)
     }

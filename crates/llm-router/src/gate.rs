@@ -152,7 +152,7 @@ impl Gate {
                 let prompt = GateRequest {
                     request: Some(gate_request::Request::Prompt(ScreenPromptRequest {
                         authorization: Some(AuthorizeRequest {
-                            principal: format!("User::{:?}", call.principal),
+                            principal: call.principal.clone(),
                             action: format!("llm.route:{}", call.route),
                             resource: String::new(),
                         }),
@@ -194,7 +194,7 @@ impl Gate {
                 if authorized.decision() != Decision::Allow {
                     tracing::warn!(route = %call.route, principal = %call.principal, "route refused by policy");
                     return Err(RouteError::Forbidden(format!(
-                        "policy does not allow User::{:?} to use route {:?}{}",
+                        "policy does not allow {} to use route {:?}{}",
                         call.principal,
                         call.route,
                         if authorized.determining_policies.is_empty() {
@@ -230,6 +230,39 @@ impl Gate {
                     None => Ok(Screening::Unscreened(problem)),
                 }
             }
+        }
+    }
+}
+
+impl Gate {
+    /// Policy's Cedar decision on `principal` doing `action` (an administration action such as
+    /// `llm.manage`), which policy audits; `Err` with why policy could not decide (the gate is
+    /// off, or policy is unreachable or refused to answer).
+    pub(crate) async fn authorize(&self, principal: &str, action: &str) -> Result<bool, String> {
+        if !self.active() {
+            return Err("the policy gate is off".to_owned());
+        }
+        let mut client = self.client().await?;
+        let request = AuthorizeRequest {
+            principal: principal.to_owned(),
+            action: action.to_owned(),
+            resource: String::new(),
+        };
+        match tokio::time::timeout(POLICY_TIMEOUT, client.authorize(request)).await {
+            Ok(Ok(answer)) => Ok(answer.into_inner().decision() == Decision::Allow),
+            Ok(Err(status)) => {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown
+                ) {
+                    self.forget_connection();
+                }
+                Err(format!("policy did not decide: {}", status.message()))
+            }
+            Err(_) => Err(format!(
+                "policy did not answer within {} s",
+                POLICY_TIMEOUT.as_secs()
+            )),
         }
     }
 }

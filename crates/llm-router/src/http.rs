@@ -21,6 +21,7 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Map, Value, json};
+use synos_common::caller::canonical_principal;
 
 use crate::engine::{ChatCall, Engine, RouteError, Served, StreamItem};
 use crate::keys::KeyRecord;
@@ -90,7 +91,12 @@ impl HttpState {
                 "no API key: send `Authorization: Bearer <key>`; create one with \
                  `synosctl llm keys create --principal NAME`",
             ),
-            Some(key) => match self.engine.keys.verify(key) {
+            // Keys made before principals were canonical name a login; either form acts as
+            // `User::"login"`. A stored principal that is neither is refused, never guessed.
+            Some(key) => match self.engine.keys.verify(key).and_then(|mut record| {
+                record.principal = canonical_principal(&record.principal).ok()?;
+                Some(record)
+            }) {
                 Some(record) => return Ok(record),
                 None => ("wrong_key", "invalid or revoked API key"),
             },

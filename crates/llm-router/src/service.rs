@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt as _};
 use serde_json::{Map, Value};
+use synos_common::caller::{Caller, canonical_principal};
 use synos_common::error::{ErrorKind, ServiceError};
 use synos_proto::llm::v1 as api;
 use synos_proto::llm::v1::router_server::Router;
@@ -18,9 +19,6 @@ use crate::engine::{
 };
 use crate::provider_state::Breaker;
 use crate::upstream::Upstream;
-
-/// The principal of requests that name none.
-pub(crate) const LOCAL_PRINCIPAL: &str = "local";
 
 /// The router's gRPC service.
 #[derive(Debug, Clone)]
@@ -38,7 +36,40 @@ impl RouterService {
         ServiceError::invalid_argument(message).into()
     }
 
-    fn chat_call(&self, request: api::ChatRequest) -> Result<ChatCall, Status> {
+    /// An administration call (`llm.manage`: provider state, other users' keys) by `caller`:
+    /// policy's Cedar decision, which it audits. While policy cannot decide, root (or the
+    /// router's own account) may act alone, as with the doctor's queue; nobody else may.
+    async fn administer(&self, caller: &Caller, what: &str) -> Result<(), Status> {
+        let principal = caller.identified()?;
+        match self
+            .engine
+            .topology()
+            .gate
+            .authorize(principal, "llm.manage")
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ServiceError::new(
+                ErrorKind::PermissionDenied,
+                format!("{principal} may not {what}: policy does not permit llm.manage"),
+            )
+            .into()),
+            Err(problem) if caller.may_act_for_others() => {
+                tracing::warn!(%principal, %problem, "{what}: allowed without policy's decision");
+                Ok(())
+            }
+            Err(problem) => Err(ServiceError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{what} needs policy's decision (llm.manage), which cannot be had: {problem}"
+                ),
+            )
+            .into()),
+        }
+    }
+
+    fn chat_call(&self, caller: &Caller, request: api::ChatRequest) -> Result<ChatCall, Status> {
+        let principal = caller.acting_as(&request.principal)?;
         if request.messages.is_empty() {
             return Err(self.invalid("messages: at least one message is required".to_owned()));
         }
@@ -90,7 +121,7 @@ impl RouterService {
         }
         Ok(ChatCall {
             route: non_empty_or(request.route, DEFAULT_CHAT_ROUTE),
-            principal: non_empty_or(request.principal, LOCAL_PRINCIPAL),
+            principal,
             fields,
             max_tier: tier_from_api(request.max_tier)
                 .map_err(|message| self.invalid(format!("max_tier: {message}")))?,
@@ -200,7 +231,8 @@ impl Router for RouterService {
         &self,
         request: Request<api::ChatRequest>,
     ) -> Result<Response<api::ChatResponse>, Status> {
-        let call = self.chat_call(request.into_inner())?;
+        let caller = Caller::of(&request);
+        let call = self.chat_call(&caller, request.into_inner())?;
         let (reply, served) = self
             .engine
             .chat(call)
@@ -219,7 +251,8 @@ impl Router for RouterService {
         &self,
         request: Request<api::ChatRequest>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
-        let call = self.chat_call(request.into_inner())?;
+        let caller = Caller::of(&request);
+        let call = self.chat_call(&caller, request.into_inner())?;
         let opened = self
             .engine
             .chat_stream(call)
@@ -263,12 +296,13 @@ impl Router for RouterService {
         &self,
         request: Request<api::EmbedRequest>,
     ) -> Result<Response<api::EmbedResponse>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
+        let principal = caller.acting_as(&request.principal)?;
         if request.inputs.is_empty() {
             return Err(self.invalid("inputs: at least one text is required".to_owned()));
         }
         let route = non_empty_or(request.route, DEFAULT_EMBED_ROUTE);
-        let principal = non_empty_or(request.principal, LOCAL_PRINCIPAL);
         let (vectors, served) = self
             .engine
             .embed(&route, &principal, request.inputs)
@@ -305,7 +339,9 @@ impl Router for RouterService {
         &self,
         request: Request<api::SetProviderStateRequest>,
     ) -> Result<Response<api::Provider>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
+        self.administer(&caller, "set a provider's state").await?;
         let topology = self.engine.topology();
         let provider = topology.providers.get(&request.name).ok_or_else(|| {
             ServiceError::new(
@@ -330,7 +366,7 @@ impl Router for RouterService {
                 return Err(self.invalid("action: must be DRAIN, COOL or RESTORE".to_owned()));
             }
         }
-        tracing::info!(provider = %request.name, action = request.action, "provider state set");
+        tracing::info!(provider = %request.name, action = request.action, by = %caller.principal(), "provider state set");
         self.engine.update_state_metrics();
         Ok(Response::new(provider_to_api(provider)))
     }
@@ -403,9 +439,18 @@ impl Router for RouterService {
         &self,
         request: Request<api::CreateKeyRequest>,
     ) -> Result<Response<api::CreateKeyResponse>, Status> {
-        let request = request.into_inner();
-        if request.principal.trim().is_empty() {
-            return Err(self.invalid("principal: must not be empty".to_owned()));
+        let caller = Caller::of(&request);
+        let mut request = request.into_inner();
+        // A key acts as its principal, so only its principal (or an administrator) makes one.
+        let own = caller.identified()?;
+        request.principal = if request.principal.trim().is_empty() {
+            own.to_owned()
+        } else {
+            canonical_principal(&request.principal)?
+        };
+        if request.principal != own {
+            self.administer(&caller, &format!("create a key for {}", request.principal))
+                .await?;
         }
         let topology = self.engine.topology();
         for route in &request.routes {
@@ -437,10 +482,20 @@ impl Router for RouterService {
 
     async fn list_keys(
         &self,
-        _request: Request<api::ListKeysRequest>,
+        request: Request<api::ListKeysRequest>,
     ) -> Result<Response<api::ListKeysResponse>, Status> {
+        // Root and the services see every key; a user sees their own.
+        let caller = Caller::of(&request);
+        let own = caller.identified()?;
         Ok(Response::new(api::ListKeysResponse {
-            keys: self.engine.keys.list().iter().map(key_to_api).collect(),
+            keys: self
+                .engine
+                .keys
+                .list()
+                .iter()
+                .filter(|key| caller.may_act_for_others() || holds(own, key))
+                .map(key_to_api)
+                .collect(),
         }))
     }
 
@@ -448,7 +503,16 @@ impl Router for RouterService {
         &self,
         request: Request<api::RevokeKeyRequest>,
     ) -> Result<Response<api::RevokeKeyResponse>, Status> {
+        let caller = Caller::of(&request);
         let id = request.into_inner().id;
+        let own = caller.identified()?;
+        let found = self.engine.keys.list().into_iter().find(|key| key.id == id);
+        if let Some(key) = found
+            && !holds(own, &key)
+        {
+            self.administer(&caller, &format!("revoke {}'s key", key.principal))
+                .await?;
+        }
         match self.engine.keys.revoke(&id) {
             Ok(true) => {
                 tracing::info!(%id, "HTTP key revoked");
@@ -464,6 +528,11 @@ impl Router for RouterService {
             .into()),
         }
     }
+}
+
+/// Whether `principal` holds `key` (keys made before principals were canonical name a login).
+fn holds(principal: &str, key: &crate::keys::KeyRecord) -> bool {
+    canonical_principal(&key.principal).is_ok_and(|holder| holder == principal)
 }
 
 fn key_to_api(record: &crate::keys::KeyRecord) -> api::ApiKey {

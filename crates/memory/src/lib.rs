@@ -1,6 +1,7 @@
 //! The memory daemon: durable, scoped agent memories in SQLite, searched by full text and by
 //! vectors from an in-process embedding model, served as `synos.memory.v1.Memory`.
 
+mod access;
 pub mod config;
 mod export;
 mod metrics;
@@ -99,6 +100,7 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
         metrics,
         recalled: recalled_sender,
         embedding_wanted,
+        access: access::Access::new(config.directories.socket_path("policy")),
     };
     let memory = MemoryServer::new(service)
         .max_decoding_message_size(config.settings.server.max_message_bytes);

@@ -10,6 +10,7 @@ use std::time::Instant;
 use futures_util::Stream;
 use prost_types::Timestamp;
 use synos_common::ServiceError;
+use synos_common::caller::Caller;
 use synos_common::error::ErrorKind;
 use synos_common::time::{now_unix_ms, timestamp};
 use synos_proto::memory::v1 as proto;
@@ -17,6 +18,7 @@ use synos_proto::memory::v1::memory_server::Memory as MemoryApi;
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{Access, Use};
 use crate::config::Config;
 use crate::export;
 use crate::metrics::Metrics;
@@ -60,6 +62,8 @@ pub(crate) struct MemoryService {
     pub(crate) recalled: tokio::sync::mpsc::UnboundedSender<Vec<i64>>,
     /// Woken when memories were stored without a vector.
     pub(crate) embedding_wanted: Arc<tokio::sync::Notify>,
+    /// Who may read and write which scope.
+    pub(crate) access: Access,
 }
 
 fn milliseconds(field: &str, value: &Timestamp) -> Result<i64, Status> {
@@ -222,8 +226,21 @@ impl MemoryService {
         }
     }
 
+    /// The memory `id`, when `caller` may `use_` its scope.
+    async fn owned(&self, caller: &Caller, id: &str, use_: Use) -> Result<Memory, Status> {
+        if id.is_empty() {
+            return Err(invalid("id: must not be empty"));
+        }
+        let (memory, _) = self.store()?.get(id).await.map_err(ServiceError::from)?;
+        self.access
+            .check(caller, std::slice::from_ref(&memory.scope), use_)
+            .await?;
+        Ok(memory)
+    }
+
     async fn recall_results(
         &self,
+        caller: &Caller,
         request: proto::RecallRequest,
     ) -> Result<proto::RecallResponse, Status> {
         let store = self.store()?;
@@ -233,6 +250,7 @@ impl MemoryService {
         record::check_text(&request.query, self.limits())
             .map_err(|error| invalid(error.replace("text:", "query:")))?;
         let scopes = scopes("scopes", &request.scopes)?;
+        self.access.check(caller, &scopes, Use::Read).await?;
         let filter = filter(request.filter.as_ref())?;
         let limit = match request.limit {
             0 => 10,
@@ -309,6 +327,7 @@ impl MemoryApi for MemoryService {
         &self,
         request: Request<proto::RememberRequest>,
     ) -> Result<Response<proto::RememberResponse>, Status> {
+        let caller = Caller::of(&request);
         let store = self.store()?.clone();
         let given = request.into_inner().memories;
         if given.is_empty() {
@@ -326,6 +345,8 @@ impl MemoryApi for MemoryService {
             .enumerate()
             .map(|(index, memory)| self.new_memory(index, memory))
             .collect::<Result<_, _>>()?;
+        let written: Vec<Scope> = memories.iter().map(|memory| memory.scope.clone()).collect();
+        self.access.check(&caller, &written, Use::Write).await?;
         let vectors = self
             .embed(memories.iter().map(|memory| memory.text.clone()).collect())
             .await?;
@@ -370,7 +391,8 @@ impl MemoryApi for MemoryService {
         request: Request<proto::RecallRequest>,
     ) -> Result<Response<proto::RecallResponse>, Status> {
         let started = Instant::now();
-        let result = self.recall_results(request.into_inner()).await;
+        let caller = Caller::of(&request);
+        let result = self.recall_results(&caller, request.into_inner()).await;
         self.metrics.observe_recall(started.elapsed());
         result.map(Response::new)
     }
@@ -379,12 +401,16 @@ impl MemoryApi for MemoryService {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
+        let caller = Caller::of(&request);
         let store = self.store()?;
         let id = request.into_inner().id;
         if id.is_empty() {
             return Err(invalid("id: must not be empty"));
         }
         let (memory, history) = store.get(&id).await.map_err(ServiceError::from)?;
+        self.access
+            .check(&caller, std::slice::from_ref(&memory.scope), Use::Read)
+            .await?;
         Ok(Response::new(proto::GetResponse {
             memory: Some(record_to_proto(&memory)),
             history: history.iter().map(version_to_proto).collect(),
@@ -395,11 +421,10 @@ impl MemoryApi for MemoryService {
         &self,
         request: Request<proto::UpdateRequest>,
     ) -> Result<Response<proto::UpdateResponse>, Status> {
+        let caller = Caller::of(&request);
         let store = self.store()?;
         let request = request.into_inner();
-        if request.id.is_empty() {
-            return Err(invalid("id: must not be empty"));
-        }
+        self.owned(&caller, &request.id, Use::Write).await?;
         if let Some(text) = &request.text {
             record::check_text(text, self.limits()).map_err(invalid)?;
         }
@@ -461,17 +486,24 @@ impl MemoryApi for MemoryService {
         request: Request<proto::ForgetRequest>,
     ) -> Result<Response<proto::ForgetResponse>, Status> {
         use proto::forget_request::Target;
+        let caller = Caller::of(&request);
         let store = self.store()?;
         let forgotten = match request.into_inner().target {
             None => return Err(invalid("target: name an id, a scope or a filter")),
-            Some(Target::Id(id)) if id.is_empty() => return Err(invalid("id: must not be empty")),
-            Some(Target::Id(id)) => store.forget_id(&id).await,
+            Some(Target::Id(id)) => {
+                self.owned(&caller, &id, Use::Write).await?;
+                store.forget_id(&id).await
+            }
             Some(Target::Scope(scope)) => {
                 let scope = Scope::parse(&scope).map_err(invalid)?;
+                self.access
+                    .check(&caller, std::slice::from_ref(&scope), Use::Write)
+                    .await?;
                 store.forget_matching(&[scope], &Filter::default()).await
             }
             Some(Target::Filter(given)) => {
                 let scopes = scopes("filter.scopes", &given.scopes)?;
+                self.access.check(&caller, &scopes, Use::Write).await?;
                 let filter = filter(given.filter.as_ref())?;
                 store.forget_matching(&scopes, &filter).await
             }
@@ -484,9 +516,11 @@ impl MemoryApi for MemoryService {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
+        let caller = Caller::of(&request);
         let store = self.store()?;
         let request = request.into_inner();
         let scopes = scopes("scopes", &request.scopes)?;
+        self.access.check(&caller, &scopes, Use::Read).await?;
         let filter = filter(request.filter.as_ref())?;
         let page_size = match request.page_size {
             0 => 50,
@@ -525,13 +559,16 @@ impl MemoryApi for MemoryService {
         &self,
         request: Request<proto::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
+        let caller = Caller::of(&request);
         let store = self.store()?.clone();
         let request = request.into_inner();
+        // No scopes: all of them for root and the services, the caller's own otherwise.
         let scopes = if request.scopes.is_empty() {
-            Vec::new()
+            Access::default_scopes(&caller)?.unwrap_or_default()
         } else {
             scopes("scopes", &request.scopes)?
         };
+        self.access.check(&caller, &scopes, Use::Read).await?;
         let total = store.count(&scopes).await.map_err(ServiceError::from)?;
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
@@ -577,6 +614,7 @@ impl MemoryApi for MemoryService {
         &self,
         request: Request<Streaming<proto::ImportRequest>>,
     ) -> Result<Response<proto::ImportResponse>, Status> {
+        let caller = Caller::of(&request);
         let store = self.store()?;
         let mut stream = request.into_inner();
         let mut line_number = 0_u64;
@@ -605,6 +643,11 @@ impl MemoryApi for MemoryService {
                 })?;
                 memories.push(memory);
             }
+            let written: Vec<Scope> = memories
+                .iter()
+                .map(|exported| exported.memory.scope.clone())
+                .collect();
+            self.access.check(&caller, &written, Use::Write).await?;
             let counts = store
                 .import(memories, &model_id)
                 .await

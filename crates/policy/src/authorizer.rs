@@ -256,9 +256,8 @@ fn resource_type(action: &str) -> Option<&'static str> {
         "llm.chat" | "llm.embed" | "llm.route" => "Route",
         "tool.exec" => "Tool",
         "memory.read" | "memory.write" => "Scope",
-        "policy.reload" | "audit.read" | "doctor.approve" | "doctor.deny" | "doctor.repair" => {
-            "System"
-        }
+        "llm.manage" | "policy.reload" | "audit.read" | "doctor.approve" | "doctor.deny"
+        | "doctor.repair" => "System",
         _ => return None,
     })
 }
@@ -295,8 +294,8 @@ impl Authorizer {
         let Some(resource_type_name) = resource_type(action_name) else {
             return Err(invalid(
                 "action",
-                "unknown action; known: llm.chat, llm.embed, llm.route, tool.exec, memory.read, \
-                 memory.write, policy.reload, audit.read, doctor.approve, doctor.deny, \
+                "unknown action; known: llm.chat, llm.embed, llm.route, llm.manage, tool.exec, \
+                 memory.read, memory.write, policy.reload, audit.read, doctor.approve, doctor.deny, \
                  doctor.repair (a resource may follow a colon: tool.exec:ls)",
             ));
         };
@@ -622,6 +621,64 @@ mod tests {
                 false,
                 &[],
             ),
+            // Memory: another user's scope and global writes are not a user's.
+            (
+                r#"User::"alice""#,
+                "memory.read:user:bob",
+                "",
+                false,
+                &[],
+            ),
+            (
+                r#"User::"alice""#,
+                "memory.write:global",
+                "",
+                false,
+                &[],
+            ),
+            (
+                r#"User::"alice""#,
+                "memory.write:chat:garden",
+                "",
+                true,
+                &["users-share-chat-memory"],
+            ),
+            (
+                r#"User::"root""#,
+                "memory.write:user:bob",
+                "",
+                true,
+                &["root-manages-all-memory"],
+            ),
+            // The router's administration: root and the doctor, no user.
+            (
+                r#"User::"alice""#,
+                "llm.manage",
+                "",
+                false,
+                &[],
+            ),
+            (
+                r#"User::"root""#,
+                "llm.manage",
+                "",
+                true,
+                &["root-manages-the-router"],
+            ),
+            (
+                r#"Service::"synos-doctor""#,
+                "llm.manage",
+                "",
+                true,
+                &["the-doctor-drains-and-cools-providers"],
+            ),
+            (
+                r#"User::"alice""#,
+                "audit.read",
+                "",
+                false,
+                &[],
+            ),
         ];
         for (principal, action, resource, allowed, policies) in cases {
             let (decided, determining) = decide(&authorizer, principal, action, resource);
@@ -644,7 +701,7 @@ mod tests {
             ("50-local.cedar".to_owned(), custom.to_owned()),
         ])
         .unwrap();
-        assert_eq!(files.policy_count(), 16);
+        assert_eq!(files.policy_count(), 20);
         let authorizer = Authorizer::new(files, tools());
         assert_eq!(
             decide(&authorizer, r#"User::"bob""#, "tool.exec", r#"Tool::"rm""#),

@@ -16,6 +16,7 @@ use governor::{DefaultKeyedRateLimiter, Quota};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use synos_common::ServiceError;
+use synos_common::caller::Caller;
 use synos_common::error::ErrorKind;
 use synos_common::systemd::StatusLine;
 use synos_proto::policy::v1::policy_server::Policy;
@@ -189,6 +190,23 @@ fn span_counts(spans: &[Span]) -> serde_json::Value {
     json!(counts)
 }
 
+/// The principal a request acts as, from its caller's socket credentials and the principal it
+/// names (see [`Caller::acting_as`]).
+fn acting(caller: &Caller, claimed: &str) -> Result<String, Status> {
+    caller.acting_as(claimed).map_err(status_of)
+}
+
+/// ScreenPrompt's two principals, each checked against the caller.
+fn prompt_acting(caller: &Caller, request: &mut ScreenPromptRequest) -> Result<(), Status> {
+    if let Some(authorization) = request.authorization.as_mut() {
+        authorization.principal = acting(caller, &authorization.principal)?;
+    }
+    if let Some(screening) = request.screening.as_mut() {
+        screening.principal = acting(caller, &screening.principal)?;
+    }
+    Ok(())
+}
+
 fn decision(allowed: bool) -> i32 {
     if allowed {
         Decision::Allow
@@ -341,6 +359,34 @@ impl PolicyService {
         ))
     }
 
+    /// An administration call (`policy.reload`, `audit.read`) by `caller`: Cedar decides, and a
+    /// refusal is audited and answered PERMISSION_DENIED. An allowed call is not recorded here
+    /// (reading the log is no change, and a reload writes its own record). Root is never
+    /// refused these two: it owns the policy files and the log's database anyway, and must be
+    /// able to repair a policy set that forgot it.
+    async fn administer(&self, caller: &Caller, action: &str) -> Result<String, Status> {
+        let principal = caller.identified().map_err(status_of)?.to_owned();
+        let request = AuthorizeRequest {
+            principal: principal.clone(),
+            action: action.to_owned(),
+            resource: String::new(),
+        };
+        self.limit(&principal, action).await?;
+        let (entry, answer) = self.decide(&request)?;
+        if answer.decision() == Decision::Allow {
+            return Ok(principal);
+        }
+        if caller.is_administrator() {
+            tracing::warn!(%action, "no policy permits root to {action}; root may all the same");
+            return Ok(principal);
+        }
+        self.record(entry).await?;
+        Err(status_of(ServiceError::new(
+            ErrorKind::PermissionDenied,
+            format!("{principal} may not {action} (no policy permits it; see policy.d)"),
+        )))
+    }
+
     /// A rate-limited call is refused, and the refusal audited too.
     async fn limit(&self, principal: &str, action: &str) -> Result<(), Status> {
         if let Err(error) = self.rate_limits.check(principal, action) {
@@ -416,7 +462,9 @@ impl Policy for PolicyService {
         &self,
         request: Request<AuthorizeRequest>,
     ) -> Result<Response<AuthorizeResponse>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request);
+        let mut request = request.into_inner();
+        request.principal = acting(&caller, &request.principal)?;
         self.limit(&request.principal, &request.action).await?;
         let (entry, mut answer) = self.decide(&request)?;
         answer.audit_sequence = self.record(entry).await?;
@@ -427,7 +475,10 @@ impl Policy for PolicyService {
         &self,
         request: Request<ScreenInputRequest>,
     ) -> Result<Response<ScreenInputResponse>, Status> {
-        let (entry, mut answer) = self.screened(&request.into_inner()).await?;
+        let caller = Caller::of(&request);
+        let mut request = request.into_inner();
+        request.principal = acting(&caller, &request.principal)?;
+        let (entry, mut answer) = self.screened(&request).await?;
         answer.audit_sequence = self.record(entry).await?;
         Ok(Response::new(answer))
     }
@@ -436,7 +487,10 @@ impl Policy for PolicyService {
         &self,
         request: Request<ScreenPromptRequest>,
     ) -> Result<Response<ScreenPromptResponse>, Status> {
-        let (entries, answer) = self.prompt_answer(request.into_inner()).await?;
+        let caller = Caller::of(&request);
+        let mut request = request.into_inner();
+        prompt_acting(&caller, &mut request)?;
+        let (entries, answer) = self.prompt_answer(request).await?;
         let first = self.record_together(entries).await?;
         Ok(Response::new(numbered(answer, first)))
     }
@@ -447,8 +501,9 @@ impl Policy for PolicyService {
         &self,
         request: Request<Streaming<GateRequest>>,
     ) -> Result<Response<Self::GateStream>, Status> {
+        let caller = Caller::of(&request);
         let mut incoming = request.into_inner();
-        let prompt = match incoming.message().await? {
+        let mut prompt = match incoming.message().await? {
             Some(GateRequest {
                 request: Some(gate_request::Request::Prompt(prompt)),
             }) => prompt,
@@ -458,6 +513,7 @@ impl Policy for PolicyService {
                 ));
             }
         };
+        prompt_acting(&caller, &mut prompt)?;
         let principal = prompt
             .screening
             .as_ref()
@@ -510,7 +566,9 @@ impl Policy for PolicyService {
         &self,
         request: Request<RedactOutputRequest>,
     ) -> Result<Response<RedactOutputResponse>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request);
+        let mut request = request.into_inner();
+        request.principal = acting(&caller, &request.principal)?;
         checked_text(&request.text)?;
         let (text, spans) = self.redactor.redact(&request.text);
         if !spans.is_empty() {
@@ -536,6 +594,7 @@ impl Policy for PolicyService {
         &self,
         request: Request<Streaming<RedactOutputChunk>>,
     ) -> Result<Response<Self::RedactOutputStreamStream>, Status> {
+        let caller = Caller::of(&request);
         let mut incoming = request.into_inner();
         let mut stream = StreamRedactor::new(self.redactor.clone());
         let audit = self.audit()?.clone();
@@ -551,7 +610,13 @@ impl Policy for PolicyService {
                     }
                 };
                 if principal.is_empty() {
-                    principal = chunk.principal;
+                    principal = match acting(&caller, &chunk.principal) {
+                        Ok(principal) => principal,
+                        Err(status) => {
+                            let _ = sender.send(Err(status)).await;
+                            return;
+                        }
+                    };
                 }
                 let output = stream.push(&chunk.text);
                 all_spans.extend(output.spans.iter().copied());
@@ -599,7 +664,9 @@ impl Policy for PolicyService {
         &self,
         request: Request<ToolCallRequest>,
     ) -> Result<Response<ToolCallResponse>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request);
+        let mut request = request.into_inner();
+        request.principal = acting(&caller, &request.principal)?;
         self.limit(&request.principal, "tool.exec").await?;
         let (decided, reason, _) = self.check_tool(&request)?;
         let audit_sequence = self
@@ -624,7 +691,9 @@ impl Policy for PolicyService {
         &self,
         request: Request<ToolCallRequest>,
     ) -> Result<Response<ExecToolResponse>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request);
+        let mut request = request.into_inner();
+        request.principal = acting(&caller, &request.principal)?;
         self.limit(&request.principal, "tool.exec").await?;
         let (decided, reason, arguments) = self.check_tool(&request)?;
         let action = format!("tool.exec:{}", request.tool);
@@ -703,14 +772,18 @@ impl Policy for PolicyService {
 
     async fn reload_policies(
         &self,
-        _request: Request<ReloadPoliciesRequest>,
+        request: Request<ReloadPoliciesRequest>,
     ) -> Result<Response<ReloadPoliciesResponse>, Status> {
+        let principal = self
+            .administer(&Caller::of(&request), "policy.reload")
+            .await?;
         let (files, outcome) = match PolicyFiles::load(&self.policy_directory) {
             Ok(files) => (Ok(files), "ok".to_owned()),
             Err(error) => (Err(error.to_string()), "rejected".to_owned()),
         };
         self.record(Entry {
             kind: "reload",
+            principal,
             action: "policy.reload".to_owned(),
             outcome,
             detail: json!({ "error": files.as_ref().err() }),
@@ -742,8 +815,9 @@ impl Policy for PolicyService {
 
     async fn verify_audit(
         &self,
-        _request: Request<VerifyAuditRequest>,
+        request: Request<VerifyAuditRequest>,
     ) -> Result<Response<VerifyAuditResponse>, Status> {
+        self.administer(&Caller::of(&request), "audit.read").await?;
         let verification = self.audit()?.verify().await.map_err(status_of)?;
         let (first_bad_sequence, problem) = verification.first_bad.unwrap_or((0, String::new()));
         Ok(Response::new(VerifyAuditResponse {
@@ -758,7 +832,13 @@ impl Policy for PolicyService {
         &self,
         request: Request<QueryAuditRequest>,
     ) -> Result<Response<QueryAuditResponse>, Status> {
-        let request = request.into_inner();
+        self.administer(&Caller::of(&request), "audit.read").await?;
+        let mut request = request.into_inner();
+        // Records name principals in one canonical form; a login name finds the user's.
+        if !request.principal.trim().is_empty() {
+            request.principal =
+                synos_common::caller::canonical_principal(&request.principal).map_err(status_of)?;
+        }
         let limit = match request.limit {
             0 => 20,
             limit if limit > 1000 => return Err(Status::invalid_argument("limit: at most 1000")),

@@ -154,7 +154,14 @@ async fn policy_allows_what_built_in_policies_permit_and_denies_the_rest() {
     assert!(denied.determining_policies.is_empty());
 
     for (request, field) in [
-        (ask("alice", "llm.chat", "Route::\"default\""), "principal"),
+        (
+            ask("alice smith", "llm.chat", "Route::\"default\""),
+            "principal",
+        ),
+        (
+            ask("User::\"a\"b\"", "llm.chat", "Route::\"default\""),
+            "principal",
+        ),
         (
             ask(
                 "User::\"alice\"",

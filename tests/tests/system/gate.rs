@@ -131,7 +131,9 @@ async fn blocked_prompts_are_refused_before_any_provider_over_grpc_and_http() {
         .collect();
     assert_eq!(blocked.len(), 3, "{audit}");
     assert!(
-        blocked.iter().any(|record| record["principal"] == "alice"),
+        blocked
+            .iter()
+            .any(|record| record["principal"] == "User::\"alice\""),
         "{audit}"
     );
     assert!(
@@ -326,7 +328,9 @@ async fn cedar_decides_who_may_use_which_route_over_grpc_and_http_keys() {
         "@id(\"users-use-routes\")\n\
          permit (principal is User, action == Action::\"llm.route\", resource);\n\
          @id(\"alice-not-secret\")\n\
-         forbid (principal == User::\"alice\", action == Action::\"llm.route\", resource == Route::\"secret\");\n",
+         forbid (principal == User::\"alice\", action == Action::\"llm.route\", resource == Route::\"secret\");\n\
+         @id(\"root-manages-the-router\")\n\
+         permit (principal == User::\"root\", action == Action::\"llm.manage\", resource);\n",
     )
     .unwrap();
     let _policy = sandbox.start("policy").await;

@@ -181,7 +181,16 @@ async fn leases_survive_kill_9_expire_and_refuse_what_cannot_be_granted() {
 
     // Hostile and impossible requests, each with its code and reason.
     let cases = [
-        (ask(GIB, "", 10), Code::InvalidArgument, "holder is empty"),
+        (
+            ask(GIB, &"x".repeat(300), 10),
+            Code::InvalidArgument,
+            "over the limit of 256",
+        ),
+        (
+            ask(GIB, "User::\"a\\\"b\"", 10),
+            Code::InvalidArgument,
+            "principal: the id must be one quoted string",
+        ),
         (
             ask(GIB, "x", 7200),
             Code::InvalidArgument,

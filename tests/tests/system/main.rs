@@ -11,6 +11,7 @@ mod daemons;
 mod doctor;
 mod gate;
 mod hwaccel;
+mod identity;
 mod local_model;
 mod memory;
 mod policy;

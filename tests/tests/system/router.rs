@@ -578,7 +578,9 @@ async fn route_and_principal_budgets_refuse_once_spent() {
     let error = router.client.chat(alice).await.unwrap_err();
     assert_eq!(error.code(), Code::ResourceExhausted);
     assert!(
-        error.message().contains("principal \"alice\""),
+        error
+            .message()
+            .contains("budget of User::\"alice\" is spent"),
         "{}",
         error.message()
     );
@@ -880,7 +882,8 @@ async fn the_http_endpoint_wants_a_valid_unrevoked_key_for_the_route() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(usage.principals[0].name, "alice");
+    // Principals are named one way everywhere: as the audit log names them.
+    assert_eq!(usage.principals[0].name, "User::\"alice\"");
 
     let (code, stdout, _) = synosctl(&sandbox, &["llm", "keys", "list", "--json"]);
     assert_eq!(code, 0);
@@ -1414,7 +1417,8 @@ async fn synosctl_chats_streaming_or_as_json_and_reports_usage() {
     let usage: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(usage["routes"][0]["name"], "default");
     assert_eq!(usage["routes"][0]["requests"], 2);
-    assert_eq!(usage["principals"][0]["name"], "local");
+    // A request naming no principal is the caller's, as the socket proves.
+    assert_eq!(usage["principals"][0]["name"], "User::\"root\"");
 
     let (code, stdout, stderr) = sandbox
         .synosctl(&["llm", "chat", "--route", "nope", "hi"])

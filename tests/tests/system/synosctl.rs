@@ -132,11 +132,13 @@ async fn per_daemon_commands_print_answers_and_fail_clearly() {
         ],
     );
     assert_eq!((code, stdout.trim()), (1, "deny (no policy permits this)"));
-    let (code, _, stderr) = check("alice", "llm.chat");
+    // A login name is the user; anything else that is no principal is refused, saying why.
+    let (code, stdout, _) = check("alice", "llm.chat");
+    assert_eq!((code, stdout.trim()), (0, "allow (by users-use-models)"));
+    let (code, _, stderr) = check("alice smith", "llm.chat");
     assert_eq!(code, 1);
     assert!(
-        stderr
-            .starts_with("synos-policy: invalid argument: principal: expected a Cedar entity uid"),
+        stderr.starts_with("synos-policy: invalid argument: principal: not a plain name"),
         "{stderr}"
     );
 
