@@ -47,6 +47,10 @@ pub enum Behaviour {
     Oversized(usize),
     /// Sends the reply a few bytes at a time with this pause between them.
     Trickle(Duration),
+    /// 200 with exactly this body (a whole completion), whatever the request asked.
+    Body(Value),
+    /// Streams exactly these chunks, then `[DONE]`.
+    Chunks(Vec<Value>),
 }
 
 /// One request the stand-in received.
@@ -369,6 +373,17 @@ async fn chat(State(script): State<Arc<Script>>, headers: HeaderMap, body: Bytes
             let mut reply = completion(&name, &model, true);
             reply["choices"][0]["message"]["content"] = Value::String("x".repeat(size));
             json_response(&reply)
+        }
+        Behaviour::Body(body) => json_response(&body),
+        Behaviour::Chunks(chunks) => {
+            let mut events: Vec<String> = chunks
+                .iter()
+                .map(|chunk| format!("data: {chunk}\n\n"))
+                .collect();
+            events.push("data: [DONE]\n\n".to_owned());
+            sse(futures_util::stream::iter(
+                events.into_iter().map(|event| Ok(Bytes::from(event))),
+            ))
         }
         Behaviour::Trickle(pause) => {
             if streamed {

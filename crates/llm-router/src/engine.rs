@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use rand::Rng as _;
 use serde_json::{Map, Value};
 use synos_common::error::ErrorKind;
@@ -192,6 +192,15 @@ pub(crate) enum RouteError {
     /// Policy does not allow the principal to use the route.
     #[error("{0}")]
     Forbidden(String),
+    /// Policy answered with an error of its own (its rate limit, a request it finds malformed,
+    /// its audit log unwritable): refused whatever the stance for an unreachable policy.
+    #[error("{message}")]
+    PolicyRefused {
+        /// The kind of policy's error, as the caller should see it.
+        kind: ErrorKind,
+        /// What was refused and why.
+        message: String,
+    },
 }
 
 impl RouteError {
@@ -214,6 +223,7 @@ impl RouteError {
             }
             Self::Exhausted { .. } | Self::PolicyUnavailable(_) => ErrorKind::Unavailable,
             Self::Blocked { .. } | Self::Forbidden(_) => ErrorKind::PermissionDenied,
+            Self::PolicyRefused { kind, .. } => *kind,
         }
     }
 
@@ -228,6 +238,7 @@ impl RouteError {
             Self::Blocked { .. } => "blocked",
             Self::PolicyUnavailable(_) => "policy_unavailable",
             Self::Forbidden(_) => "forbidden",
+            Self::PolicyRefused { .. } => "policy_refused",
         }
     }
 }
@@ -849,11 +860,23 @@ impl Engine {
         let started = Instant::now();
         let gate = Arc::clone(&self.topology().gate);
         let outcome = gate.screen(call).await;
+        self.screened(&call.route, &call.principal, started, outcome)
+    }
+
+    /// The gate's `outcome` for a request to `route` for `principal`, counted; a refusal is
+    /// counted as a finished request.
+    fn screened(
+        &self,
+        route: &str,
+        principal: &str,
+        started: Instant,
+        outcome: Result<Screening, RouteError>,
+    ) -> Result<Option<PendingAudit>, RouteError> {
         let label = match &outcome {
             Ok(Screening::Passed(_)) => "passed",
             Ok(Screening::Off) => "off",
             Ok(Screening::Unscreened(problem)) => {
-                tracing::warn!(route = %call.route, principal = %call.principal, %problem, "request routed unscreened (when_unreachable = \"allow\")");
+                tracing::warn!(%route, %principal, %problem, "request routed unscreened (when_unreachable = \"allow\")");
                 "unscreened"
             }
             Err(error) => error.label(),
@@ -866,7 +889,7 @@ impl Engine {
             .inc();
         match outcome {
             Err(error) => {
-                self.observe_request(&call.route, "", error.label(), started.elapsed(), None);
+                self.observe_request(route, "", error.label(), started.elapsed(), None);
                 Err(error)
             }
             Ok(Screening::Passed(pending)) => Ok(Some(pending)),
@@ -874,17 +897,34 @@ impl Engine {
         }
     }
 
-    /// A whole chat completion, its text redacted by the gate.
+    /// A whole chat completion, rebuilt from the allow-listed fields of the provider's body
+    /// with every text in it (every choice, tool call, reasoning and logprob token) redacted by
+    /// the gate in one piece.
     pub(crate) async fn chat(&self, call: ChatCall) -> Result<(ChatReply, Served), RouteError> {
         let gate = Arc::clone(&self.topology().gate);
         let pending = self.screen(&call).await?;
         let (mut reply, served) = self.complete_chat(&call).await?;
-        if let Some(text) = gate.redact(pending, &reply.content).await? {
-            if let Some(content) = reply.body.pointer_mut("/choices/0/message/content") {
-                *content = Value::String(text.clone());
-            }
-            reply.content = text;
-        }
+        let mut released = crate::released::completion(&reply.body);
+        let texts = std::mem::take(&mut released.texts);
+        let count = texts.len();
+        let texts = match gate.redact(pending, &crate::released::join(&texts)).await? {
+            None => texts,
+            Some(redacted) => crate::released::split(&redacted, count).ok_or_else(|| {
+                RouteError::PolicyRefused {
+                    kind: ErrorKind::Unavailable,
+                    message: "redaction changed how many texts the reply holds, so it is \
+                              withheld"
+                        .to_owned(),
+                }
+            })?,
+        };
+        reply.body = released.fill(texts);
+        reply.content = reply
+            .body
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         Ok((reply, served))
     }
 
@@ -997,7 +1037,11 @@ impl Engine {
         let redaction = opened.redaction.take();
         let relayed = self.relay_unredacted(opened);
         match redaction {
-            None => Box::pin(relayed),
+            // Unredacted (the gate is off), but still only the allow-listed fields.
+            None => Box::pin(relayed.map(|item| match item {
+                StreamItem::Chunk(chunk) => StreamItem::Chunk(crate::gate::allow_listed(chunk)),
+                other => other,
+            })),
             Some(redaction) => Box::pin(crate::gate::redact_stream(relayed, redaction)),
         }
     }
@@ -1119,6 +1163,13 @@ impl Engine {
         if inputs.is_empty() {
             return Err(RouteError::InvalidRequest("no inputs to embed".to_owned()));
         }
+        // The same Cedar check, screening and audit as a chat's prompt, before any provider.
+        let gate = Arc::clone(&self.topology().gate);
+        let started = Instant::now();
+        let outcome = gate
+            .screen_text(principal, route, inputs.join("\n\n"))
+            .await;
+        let pending = self.screened(route, principal, started, outcome)?;
         let count = inputs.len();
         let estimated: u64 = inputs.iter().map(|input| estimate_tokens(input)).sum();
         let mut fields = Map::new();
@@ -1140,6 +1191,9 @@ impl Engine {
                 },
             )
             .await?;
+        // Nothing leaves before policy confirms the request's audit records; vectors carry no
+        // text to redact, so the gate stream then just closes.
+        drop(gate.confirm(pending).await?);
         Ok((vectors, served))
     }
 }

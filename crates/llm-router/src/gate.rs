@@ -2,15 +2,18 @@
 //! called, and every reply redacted before it leaves the router, on both front ends, whole and
 //! streamed (policy redacts a stream as it comes, so a secret split across chunks is still
 //! found), all on one Gate stream per request. A blocked prompt is refused; when policy cannot
-//! be reached the configured stance applies (refuse by default; a request let through unscreened
-//! is not redacted either).
+//! be reached (a transport failure: no connection, a broken one, no answer in time) the
+//! configured stance applies (refuse by default; a request let through unscreened is not
+//! redacted either). An error policy answers with itself (its rate limit, a request it finds
+//! malformed, its audit log unwritable) is a refusal whatever the stance.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt as _, TryFutureExt as _};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use synos_proto::policy::v1::gate_progress::Progress;
 use synos_proto::policy::v1::policy_client::PolicyClient;
 use synos_proto::policy::v1::{
@@ -21,12 +24,58 @@ use tokio::sync::mpsc;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
+use synos_common::error::ErrorKind;
+
 use crate::config::{GateMode, PolicyGateConfig, Unreachable};
 use crate::engine::{ChatCall, RouteError, StreamItem};
+use crate::released;
 use crate::upstream::StreamChunk;
 
 /// How long the gate waits for policy to accept a connection or answer.
 const POLICY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why policy gave no usable answer.
+#[derive(Debug)]
+enum PolicyTrouble {
+    /// The transport failed: no connection, a broken one, or no answer in time. Only this is
+    /// "unreachable", where the configured stance applies.
+    Unreachable(String),
+    /// Policy answered, with an error of its own or something the gate cannot use: a refusal,
+    /// whatever the stance.
+    Refused(tonic::Status),
+}
+
+impl PolicyTrouble {
+    /// A status from a call to policy: a transport failure carries its cause as the status's
+    /// source (tonic sets it for connection, HTTP/2 and I/O errors); a status policy sent has
+    /// none.
+    fn of(status: tonic::Status) -> Self {
+        if std::error::Error::source(&status).is_some() {
+            Self::Unreachable(status.message().to_owned())
+        } else {
+            Self::Refused(status)
+        }
+    }
+
+    /// Policy answered something the gate cannot use.
+    fn malformed(problem: &str) -> Self {
+        Self::Refused(tonic::Status::internal(problem.to_owned()))
+    }
+}
+
+/// A refusal by policy as the caller's error, saying what it stopped (`what`).
+fn refused(status: &tonic::Status, what: &str) -> RouteError {
+    let kind = match status.code() {
+        tonic::Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => ErrorKind::InvalidArgument,
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Unavailable,
+    };
+    RouteError::PolicyRefused {
+        kind,
+        message: format!("{what}: synos-policy refused: {}", status.message()),
+    }
+}
 
 /// What the gate did with one prompt.
 #[derive(Debug)]
@@ -139,27 +188,39 @@ impl Gate {
     }
 
     /// Asks policy whether `call`'s principal may use its route (Cedar, `llm.route:<name>`) and
-    /// screens its prompt (every message's text, in order), in one round trip whose two audit
-    /// records share one commit.
+    /// screens every text of its request a model will read ([`prompt_text`]), in one round
+    /// trip whose two audit records share one commit.
     pub(crate) async fn screen(&self, call: &ChatCall) -> Result<Screening, RouteError> {
+        self.screen_text(&call.principal, &call.route, prompt_text(&call.fields))
+            .await
+    }
+
+    /// [`Gate::screen`] for any `text` bound for `route` on `principal`'s behalf (a chat's
+    /// prompt, the inputs of an embedding): the same Cedar check, screening and audit.
+    pub(crate) async fn screen_text(
+        &self,
+        principal: &str,
+        route: &str,
+        text: String,
+    ) -> Result<Screening, RouteError> {
         if !self.active() {
             return Ok(Screening::Off);
         }
         let answers = match self.client().await {
-            Err(problem) => Err(problem),
+            Err(problem) => Err(PolicyTrouble::Unreachable(problem)),
             Ok(mut client) => {
                 let (requests, receiver) = mpsc::channel(64);
                 let prompt = GateRequest {
                     request: Some(gate_request::Request::Prompt(ScreenPromptRequest {
                         authorization: Some(AuthorizeRequest {
-                            principal: call.principal.clone(),
-                            action: format!("llm.route:{}", call.route),
+                            principal: principal.to_owned(),
+                            action: format!("llm.route:{route}"),
                             resource: String::new(),
                         }),
                         screening: Some(ScreenInputRequest {
-                            text: prompt_text(call),
-                            principal: call.principal.clone(),
-                            resource: format!("Route::{:?}", call.route),
+                            text,
+                            principal: principal.to_owned(),
+                            resource: format!("Route::{route:?}"),
                         }),
                     })),
                 };
@@ -171,7 +232,9 @@ impl Gate {
             .and_then(|(requests, mut progress)| async move {
                 match next_progress(&mut progress).await? {
                     Progress::Answer(answer) => Ok((answer, requests, progress)),
-                    _ => Err("policy's Gate stream did not start with its answer".to_owned()),
+                    _ => Err(PolicyTrouble::malformed(
+                        "policy's Gate stream did not start with its answer",
+                    )),
                 }
             })
             .await
@@ -182,21 +245,21 @@ impl Gate {
                     {
                         Ok((authorized, screened, requests, progress))
                     }
-                    _ => Err("policy's answer lacks its decision or its screening".to_owned()),
+                    _ => Err(PolicyTrouble::malformed(
+                        "policy's answer lacks its decision or its screening",
+                    )),
                 }
             }),
         };
-        if answers.is_ok() {
+        if !matches!(answers, Err(PolicyTrouble::Unreachable(_))) {
             self.set_unreachable(None);
         }
         match answers {
             Ok((authorized, screened, requests, progress)) => {
                 if authorized.decision() != Decision::Allow {
-                    tracing::warn!(route = %call.route, principal = %call.principal, "route refused by policy");
+                    tracing::warn!(%route, %principal, "route refused by policy");
                     return Err(RouteError::Forbidden(format!(
-                        "policy does not allow {} to use route {:?}{}",
-                        call.principal,
-                        call.route,
+                        "policy does not allow {principal} to use route {route:?}{}",
                         if authorized.determining_policies.is_empty() {
                             " (no policy permits it)".to_owned()
                         } else {
@@ -209,7 +272,7 @@ impl Gate {
                 {
                     let rules: Vec<String> =
                         screened.rules.iter().map(|rule| rule.id.clone()).collect();
-                    tracing::warn!(route = %call.route, principal = %call.principal, score = screened.score, rules = %rules.join(","), "prompt blocked by policy");
+                    tracing::warn!(%route, %principal, score = screened.score, rules = %rules.join(","), "prompt blocked by policy");
                     return Err(RouteError::Blocked {
                         message: format!(
                             "the prompt was blocked by policy (score {:.2}; rules {})",
@@ -224,7 +287,14 @@ impl Gate {
                     progress: Box::new(progress),
                 }))
             }
-            Err(problem) => {
+            Err(PolicyTrouble::Refused(status)) => {
+                tracing::warn!(%route, %principal, code = ?status.code(), reason = %status.message(), "policy refused to screen the prompt");
+                Err(refused(
+                    &status,
+                    "the prompt was not screened, so it is refused",
+                ))
+            }
+            Err(PolicyTrouble::Unreachable(problem)) => {
                 match self.unreachable(&problem, "cannot screen the prompt, so it is refused") {
                     Some(refusal) => Err(refusal),
                     None => Ok(Screening::Unscreened(problem)),
@@ -248,34 +318,33 @@ impl Gate {
             action: action.to_owned(),
             resource: String::new(),
         };
-        match tokio::time::timeout(POLICY_TIMEOUT, client.authorize(request)).await {
-            Ok(Ok(answer)) => Ok(answer.into_inner().decision() == Decision::Allow),
-            Ok(Err(status)) => {
-                if matches!(
-                    status.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown
-                ) {
-                    self.forget_connection();
-                }
+        match ask_policy(client.authorize(request)).await {
+            Ok(answer) => Ok(answer.decision() == Decision::Allow),
+            Err(PolicyTrouble::Unreachable(problem)) => {
+                self.forget_connection();
+                Err(format!("policy is unreachable: {problem}"))
+            }
+            Err(PolicyTrouble::Refused(status)) => {
                 Err(format!("policy did not decide: {}", status.message()))
             }
-            Err(_) => Err(format!(
-                "policy did not answer within {} s",
-                POLICY_TIMEOUT.as_secs()
-            )),
         }
     }
 }
 
 /// The next message of a Gate stream within [`POLICY_TIMEOUT`], `None` at its end, or why
 /// there is none.
-async fn next_message(progress: &mut Streaming<GateProgress>) -> Result<Option<Progress>, String> {
+async fn next_message(
+    progress: &mut Streaming<GateProgress>,
+) -> Result<Option<Progress>, PolicyTrouble> {
     match tokio::time::timeout(POLICY_TIMEOUT, progress.message()).await {
-        Err(_) => Err(format!("no answer within {} s", POLICY_TIMEOUT.as_secs())),
-        Ok(Err(status)) => Err(status.message().to_owned()),
+        Err(_) => Err(PolicyTrouble::Unreachable(format!(
+            "no answer within {} s",
+            POLICY_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(status)) => Err(PolicyTrouble::of(status)),
         Ok(Ok(None)) => Ok(None),
         Ok(Ok(Some(GateProgress { progress: None }))) => {
-            Err("policy sent an empty message".to_owned())
+            Err(PolicyTrouble::malformed("policy sent an empty message"))
         }
         Ok(Ok(Some(GateProgress {
             progress: Some(progress),
@@ -284,19 +353,22 @@ async fn next_message(progress: &mut Streaming<GateProgress>) -> Result<Option<P
 }
 
 /// The next message of a Gate stream within [`POLICY_TIMEOUT`], or why there is none.
-async fn next_progress(progress: &mut Streaming<GateProgress>) -> Result<Progress, String> {
+async fn next_progress(progress: &mut Streaming<GateProgress>) -> Result<Progress, PolicyTrouble> {
     next_message(progress)
         .await?
-        .ok_or_else(|| "policy ended its answer early".to_owned())
+        .ok_or_else(|| PolicyTrouble::malformed("policy ended its answer early"))
 }
 
 /// One call to policy within [`POLICY_TIMEOUT`]; its answer, or why there is none.
 async fn ask_policy<Answer>(
     call: impl Future<Output = Result<tonic::Response<Answer>, tonic::Status>>,
-) -> Result<Answer, String> {
+) -> Result<Answer, PolicyTrouble> {
     match tokio::time::timeout(POLICY_TIMEOUT, call).await {
-        Err(_) => Err(format!("no answer within {} s", POLICY_TIMEOUT.as_secs())),
-        Ok(Err(status)) => Err(status.message().to_owned()),
+        Err(_) => Err(PolicyTrouble::Unreachable(format!(
+            "no answer within {} s",
+            POLICY_TIMEOUT.as_secs()
+        ))),
+        Ok(Err(status)) => Err(PolicyTrouble::of(status)),
         Ok(Ok(answer)) => Ok(answer.into_inner()),
     }
 }
@@ -366,19 +438,25 @@ impl Gate {
         let mut redacted = String::new();
         // A send that fails means policy has already ended the stream, usually with an error
         // (its audit write failed): read on, so the refusal names policy's reason.
-        let problem = loop {
+        let trouble = loop {
             match next_message(&mut progress).await {
                 Ok(Some(Progress::Committed(_))) => committed = true,
                 Ok(Some(Progress::Redacted(piece))) => redacted.push_str(&piece.text),
                 Ok(Some(Progress::Answer(_))) => {
-                    break "policy answered twice on one gate stream".to_owned();
+                    break PolicyTrouble::malformed("policy answered twice on one gate stream");
                 }
                 Ok(None) if sent.is_err() => {
-                    break "policy closed the gate stream before the reply".to_owned();
+                    break PolicyTrouble::malformed(
+                        "policy closed the gate stream before the reply",
+                    );
                 }
                 Ok(None) if committed => return Ok(Some(redacted)),
-                Ok(None) => break "policy ended the gate stream without committing".to_owned(),
-                Err(problem) => break problem,
+                Ok(None) => {
+                    break PolicyTrouble::malformed(
+                        "policy ended the gate stream without committing",
+                    );
+                }
+                Err(trouble) => break trouble,
             }
         };
         let refusal = if committed {
@@ -386,8 +464,12 @@ impl Gate {
         } else {
             "cannot confirm the prompt's audit records, so the reply is withheld"
         };
-        self.unreachable(&format!("the gate stream: {problem}"), refusal)
-            .map_or(Ok(None), Err)
+        match trouble {
+            PolicyTrouble::Refused(status) => Err(refused(&status, refusal)),
+            PolicyTrouble::Unreachable(problem) => self
+                .unreachable(&format!("the gate stream: {problem}"), refusal)
+                .map_or(Ok(None), Err),
+        }
     }
 
     /// The redaction of a passed prompt's streamed reply, once policy has confirmed the prompt's
@@ -404,53 +486,74 @@ impl Gate {
         else {
             return Ok(None);
         };
-        let problem = match next_progress(&mut progress).await {
-            Ok(Progress::Committed(_)) => {
-                return Ok(Some(Redaction {
-                    input: requests,
-                    output: *progress,
-                }));
-            }
-            Ok(_) => {
-                "policy sent reply text before confirming the prompt's audit records".to_owned()
-            }
-            Err(problem) => format!("the prompt's audit records: {problem}"),
-        };
-        self.unreachable(
-            &problem,
-            "cannot confirm the prompt's audit records, so the reply is withheld",
-        )
-        .map_or(Ok(None), Err)
+        let refusal = "cannot confirm the prompt's audit records, so the reply is withheld";
+        match next_progress(&mut progress).await {
+            Ok(Progress::Committed(_)) => Ok(Some(Redaction {
+                input: requests,
+                output: *progress,
+            })),
+            Ok(_) => Err(refused(
+                &tonic::Status::internal(
+                    "policy sent reply text before confirming the prompt's audit records",
+                ),
+                refusal,
+            )),
+            Err(PolicyTrouble::Refused(status)) => Err(refused(&status, refusal)),
+            Err(PolicyTrouble::Unreachable(problem)) => self
+                .unreachable(&format!("the prompt's audit records: {problem}"), refusal)
+                .map_or(Ok(None), Err),
+        }
     }
 }
 
-/// The text of every message, in order, one per paragraph.
-fn prompt_text(call: &ChatCall) -> String {
-    call.fields
-        .get("messages")
-        .and_then(Value::as_array)
-        .map(|messages| {
-            messages
-                .iter()
-                .filter_map(|message| match message.get("content") {
-                    Some(Value::String(text)) => Some(text.clone()),
-                    Some(Value::Array(parts)) => Some(
-                        parts
-                            .iter()
-                            .filter_map(|part| part.get("text").and_then(Value::as_str))
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                    ),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-                .join("\n\n")
-        })
-        .unwrap_or_default()
+/// Every text of a chat request that a model will read, in order, one per paragraph: each
+/// message's content (every string of every content part, whatever its type), its name and
+/// the arguments of tool calls it carries; each tool's name, description and parameter schema
+/// (descriptions hide in it); the schema of `response_format`. Only what says how the request
+/// is shaped is left out: roles, `type` tags and ids.
+fn prompt_text(fields: &Map<String, Value>) -> String {
+    let mut texts = Vec::new();
+    for key in ["messages", "tools", "functions", "response_format"] {
+        if let Some(value) = fields.get(key) {
+            string_leaves(value, &mut texts);
+        }
+    }
+    texts.join("\n\n")
 }
 
-/// `relayed` with its text passed through `redaction`. Text becomes chunks of redacted text in
-/// the shape of the provider's first text chunk; chunks that end the answer or carry usage
+/// Keys whose string values shape a request rather than say anything to the model (roles,
+/// `type` tags, ids), or carry inline media (`input_audio.data`) that is no text to screen.
+const SKIPPED_KEYS: [&str; 6] = ["role", "type", "id", "tool_call_id", "detail", "data"];
+
+/// Appends every string in `value` (depth first, in order) to `texts`, skipping
+/// [`SKIPPED_KEYS`] and inline media (`data:` URLs).
+fn string_leaves(value: &Value, texts: &mut Vec<String>) {
+    match value {
+        Value::String(text) if !text.is_empty() && !text.starts_with("data:") => {
+            texts.push(text.clone());
+        }
+        Value::Array(items) => {
+            for item in items {
+                string_leaves(item, texts);
+            }
+        }
+        Value::Object(object) => {
+            for (key, item) in object {
+                if !(SKIPPED_KEYS.contains(&key.as_str()) && item.is_string()) {
+                    string_leaves(item, texts);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `relayed` with every text passed through `redaction`. Choice 0's content streams: it
+/// becomes chunks of redacted text in the allow-listed shape of the provider's first chunk.
+/// Every other text (other choices' content, reasoning, refusals, tool calls' arguments, which
+/// arrive in fragments a secret can be split across) is held back and, once the content is
+/// through, goes to policy on the same stream after a [`released::SEPARATOR`]; it comes out as
+/// one chunk per choice, whole tool calls included. Chunks that end the answer or carry usage
 /// wait until policy has released all the text; `Finished` or `Failed` come last. A consumer
 /// that goes away stops the relay, which frees the provider's slot.
 pub(crate) fn redact_stream(
@@ -465,66 +568,106 @@ pub(crate) fn redact_stream(
         } = redaction;
         let mut input = Some(input);
         let mut relayed = std::pin::pin!(relayed);
-        let mut template: Option<StreamChunk> = None;
+        let mut shell: Option<Value> = None;
+        let mut streamed_text = false;
+        let mut held_back = HeldBack::default();
         let mut held = Vec::new();
+        // After the separator: the held-back texts, redacted.
+        let mut extras: Option<String> = None;
         let mut relaying = true;
+        let fail =
+            |message: &str| StreamItem::Failed(format!("{message}; the answer is incomplete"));
         loop {
             tokio::select! {
                 item = relayed.next(), if relaying => match item {
                     Some(StreamItem::Chunk(chunk)) => {
-                        if !chunk.delta.is_empty() {
-                            template.get_or_insert_with(|| chunk.clone());
+                        shell.get_or_insert_with(|| released::chunk_shell(&chunk.body));
+                        let streamed = held_back.take(&chunk.body);
+                        if !streamed.is_empty() {
+                            streamed_text = true;
                             let piece = GateRequest {
-                                request: Some(gate_request::Request::Reply(chunk.delta.clone())),
+                                request: Some(gate_request::Request::Reply(
+                                    streamed.replace(released::SEPARATOR, "\u{fffd}"),
+                                )),
                             };
                             let sent = match &input {
                                 Some(sender) => sender.send(piece).await.is_ok(),
                                 None => false,
                             };
                             if !sent {
-                                let _ = output.send(StreamItem::Failed("the policy redaction stream closed early; the answer is incomplete".to_owned())).await;
+                                let _ = output.send(fail("the policy redaction stream closed early")).await;
                                 return;
                             }
                         }
                         if chunk.finish_reason.is_some() || chunk.usage.is_some() {
-                            held.push(StreamItem::Chunk(without_text(chunk)));
-                        } else if chunk.delta.is_empty() && template.is_none()
-                            && output.send(StreamItem::Chunk(chunk)).await.is_err()
+                            held.push(StreamItem::Chunk(stripped(&chunk)));
+                        } else if !streamed_text && held_back.is_empty()
+                            && output.send(StreamItem::Chunk(stripped(&chunk))).await.is_err()
                         {
                             return;
                         }
                     }
-                    Some(end) => {
-                        held.push(end);
-                        input = None;
+                    end => {
+                        if let Some(end) = end {
+                            held.push(end);
+                        }
                         relaying = false;
-                    }
-                    None => {
-                        input = None;
-                        relaying = false;
+                        if let Some(sender) = input.take()
+                            && !held_back.is_empty()
+                        {
+                            let rest = format!(
+                                "{}{}",
+                                released::SEPARATOR,
+                                released::join(&held_back.texts())
+                            );
+                            let piece = GateRequest {
+                                request: Some(gate_request::Request::Reply(rest)),
+                            };
+                            if sender.send(piece).await.is_err() {
+                                let _ = output.send(fail("the policy redaction stream closed early")).await;
+                                return;
+                            }
+                        }
                     }
                 },
                 piece = redacted.next() => match piece {
                     Some(Ok(GateProgress { progress: Some(Progress::Redacted(piece)) })) => {
-                        if let Some(template) = &template
-                            && !piece.text.is_empty()
-                            && output.send(StreamItem::Chunk(with_text(template, piece.text))).await.is_err()
+                        let mut text = piece.text;
+                        if let Some(after) = extras.as_mut() {
+                            after.push_str(&text);
+                            text = String::new();
+                        } else if let Some(at) = text.find(released::SEPARATOR) {
+                            extras = Some(text[at + released::SEPARATOR.len_utf8()..].to_owned());
+                            text.truncate(at);
+                        }
+                        if let Some(shell) = &shell
+                            && !text.is_empty()
+                            && output.send(StreamItem::Chunk(with_text(shell, text))).await.is_err()
                         {
                             return;
                         }
                     }
                     Some(Ok(_)) => {
-                        let _ = output.send(StreamItem::Failed("policy sent something other than redacted text; the answer is incomplete".to_owned())).await;
+                        let _ = output.send(fail("policy sent something other than redacted text")).await;
                         return;
                     }
                     Some(Err(status)) => {
-                        let _ = output.send(StreamItem::Failed(format!("policy failed while redacting ({}); the answer is incomplete", status.message()))).await;
+                        let _ = output.send(fail(&format!("policy failed while redacting ({})", status.message()))).await;
                         return;
                     }
                     None => {
                         if relaying {
-                            let _ = output.send(StreamItem::Failed("policy ended the redaction before the answer ended; the answer is incomplete".to_owned())).await;
+                            let _ = output.send(fail("policy ended the redaction before the answer ended")).await;
                             return;
+                        }
+                        if !held_back.is_empty() {
+                            let count = held_back.texts().len();
+                            let Some(texts) = extras.as_deref().and_then(|extras| released::split(extras, count)) else {
+                                let _ = output.send(fail("redaction changed the shape of the held-back texts, so they are withheld")).await;
+                                return;
+                            };
+                            let shell = shell.clone().unwrap_or_else(|| released::chunk_shell(&Value::Null));
+                            held.splice(0..0, held_back.chunks(&shell, texts).into_iter().map(StreamItem::Chunk));
                         }
                         for item in held {
                             if output.send(item).await.is_err() {
@@ -540,15 +683,166 @@ pub(crate) fn redact_stream(
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
-/// A chunk like `template` carrying `text` and nothing else.
-fn with_text(template: &StreamChunk, text: String) -> StreamChunk {
-    let mut body = template.body.clone();
+/// The texts of a streamed reply that wait for its end (see [`redact_stream`]), per choice.
+#[derive(Debug, Default)]
+struct HeldBack {
+    choices: BTreeMap<u64, HeldChoice>,
+}
+
+#[derive(Debug, Default)]
+struct HeldChoice {
+    content: String,
+    reasoning: String,
+    refusal: String,
+    tools: BTreeMap<u64, HeldTool>,
+}
+
+#[derive(Debug, Default)]
+struct HeldTool {
+    id: Option<String>,
+    kind: Option<String>,
+    name: Option<String>,
+    arguments: String,
+}
+
+impl HeldBack {
+    /// Takes what the provider's chunk `body` carries besides choice 0's content, and returns
+    /// that content, which streams.
+    fn take(&mut self, body: &Value) -> String {
+        let mut streamed = String::new();
+        let Some(choices) = body.get("choices").and_then(Value::as_array) else {
+            return streamed;
+        };
+        for (position, choice) in choices.iter().enumerate() {
+            let index = choice
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(position as u64);
+            let Some(delta) = choice.get("delta") else {
+                continue;
+            };
+            let text = |key: &str| delta.get(key).and_then(Value::as_str).unwrap_or_default();
+            if index == 0 {
+                streamed.push_str(text("content"));
+            }
+            let has = |key: &str| !text(key).is_empty();
+            let tool_calls = delta.get("tool_calls").and_then(Value::as_array);
+            if !(index != 0 && has("content")
+                || has("reasoning_content")
+                || has("reasoning")
+                || has("refusal")
+                || tool_calls.is_some_and(|calls| !calls.is_empty()))
+            {
+                continue;
+            }
+            let held = self.choices.entry(index).or_default();
+            if index != 0 {
+                held.content.push_str(text("content"));
+            }
+            held.reasoning.push_str(text("reasoning_content"));
+            held.reasoning.push_str(text("reasoning"));
+            held.refusal.push_str(text("refusal"));
+            for (position, call) in tool_calls.into_iter().flatten().enumerate() {
+                let tool_index = call
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(position as u64);
+                let tool = held.tools.entry(tool_index).or_default();
+                let string =
+                    |value: Option<&Value>| value.and_then(Value::as_str).map(str::to_owned);
+                if let Some(id) = string(call.get("id")) {
+                    tool.id = Some(id);
+                }
+                if let Some(kind) = string(call.get("type")) {
+                    tool.kind = Some(kind);
+                }
+                if let Some(function) = call.get("function") {
+                    if let Some(name) = string(function.get("name")) {
+                        tool.name.get_or_insert_with(String::new).push_str(&name);
+                    }
+                    if let Some(arguments) = function.get("arguments").and_then(Value::as_str) {
+                        tool.arguments.push_str(arguments);
+                    }
+                }
+            }
+        }
+        streamed
+    }
+
+    fn is_empty(&self) -> bool {
+        self.choices.is_empty()
+    }
+
+    /// The texts in a fixed order: per choice its content, reasoning and refusal, then each
+    /// tool call's arguments.
+    fn texts(&self) -> Vec<String> {
+        let mut texts = Vec::new();
+        for held in self.choices.values() {
+            texts.extend([
+                held.content.clone(),
+                held.reasoning.clone(),
+                held.refusal.clone(),
+            ]);
+            texts.extend(held.tools.values().map(|tool| tool.arguments.clone()));
+        }
+        texts
+    }
+
+    /// One chunk per choice in the shape of `shell`, with `texts` (as [`HeldBack::texts`]
+    /// orders them, redacted) in place.
+    fn chunks(self, shell: &Value, texts: Vec<String>) -> Vec<StreamChunk> {
+        let mut texts = texts.into_iter();
+        let mut chunks = Vec::new();
+        for (index, held) in self.choices {
+            let mut delta = Map::new();
+            for key in ["content", "reasoning_content", "refusal"] {
+                let text = texts.next().unwrap_or_default();
+                if !text.is_empty() {
+                    delta.insert(key.to_owned(), Value::String(text));
+                }
+            }
+            let calls: Vec<Value> = held
+                .tools
+                .into_iter()
+                .map(|(tool_index, tool)| {
+                    serde_json::json!({
+                        "index": tool_index,
+                        "id": tool.id,
+                        "type": tool.kind.unwrap_or_else(|| "function".to_owned()),
+                        "function": { "name": tool.name, "arguments": texts.next().unwrap_or_default() },
+                    })
+                })
+                .collect();
+            if !calls.is_empty() {
+                delta.insert("tool_calls".to_owned(), Value::Array(calls));
+            }
+            let mut body = shell.clone();
+            if let Some(choice) = body.pointer_mut("/choices/0") {
+                choice["index"] = Value::from(index);
+                choice["delta"] = Value::Object(delta);
+            }
+            let content = body
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .filter(|_| index == 0)
+                .unwrap_or_default()
+                .to_owned();
+            chunks.push(StreamChunk {
+                body,
+                delta: content,
+                finish_reason: None,
+                usage: None,
+            });
+        }
+        chunks
+    }
+}
+
+/// A chunk of redacted `text` for choice 0, in the shape of `shell`.
+fn with_text(shell: &Value, text: String) -> StreamChunk {
+    let mut body = shell.clone();
     if let Some(choice) = body.pointer_mut("/choices/0") {
         choice["delta"] = serde_json::json!({ "content": text });
-        choice["finish_reason"] = Value::Null;
-    }
-    if let Some(object) = body.as_object_mut() {
-        object.remove("usage");
     }
     StreamChunk {
         body,
@@ -558,13 +852,38 @@ fn with_text(template: &StreamChunk, text: String) -> StreamChunk {
     }
 }
 
-/// `chunk` without its text (which went through redaction).
-fn without_text(mut chunk: StreamChunk) -> StreamChunk {
-    if !chunk.delta.is_empty() {
-        if let Some(delta) = chunk.body.pointer_mut("/choices/0/delta") {
-            *delta = serde_json::json!({});
+/// `chunk` with none of its texts (they go through redaction): the allow-listed fields, each
+/// choice's index, role and finish reason, and the usage.
+fn stripped(chunk: &StreamChunk) -> StreamChunk {
+    let mut released = released::chunk(&chunk.body);
+    let count = released.texts.len();
+    released.texts.clear();
+    let mut body = released.fill(vec![String::new(); count]);
+    if let Some(choices) = body.get_mut("choices").and_then(Value::as_array_mut) {
+        for choice in choices {
+            if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
+                delta.retain(|key, _| key == "role");
+            }
+            if let Some(choice) = choice.as_object_mut() {
+                choice.remove("logprobs");
+            }
         }
-        chunk.delta.clear();
     }
-    chunk
+    StreamChunk {
+        body,
+        delta: String::new(),
+        finish_reason: chunk.finish_reason.clone(),
+        usage: chunk.usage,
+    }
+}
+
+/// `chunk` as it leaves the router when nothing is redacted (the gate is off): only its
+/// allow-listed fields.
+pub(crate) fn allow_listed(chunk: StreamChunk) -> StreamChunk {
+    let released = released::chunk(&chunk.body);
+    let texts = released.texts.clone();
+    StreamChunk {
+        body: released.fill(texts),
+        ..chunk
+    }
 }

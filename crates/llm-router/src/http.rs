@@ -22,6 +22,7 @@ use futures_util::StreamExt as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Map, Value, json};
 use synos_common::caller::canonical_principal;
+use synos_common::error::ErrorKind;
 
 use crate::engine::{ChatCall, Engine, RouteError, Served, StreamItem};
 use crate::keys::KeyRecord;
@@ -241,6 +242,32 @@ fn route_error_response(route_error: &RouteError) -> Response {
             "policy_unavailable",
             &message,
         ),
+        RouteError::PolicyRefused { kind, .. } => match kind {
+            ErrorKind::ResourceExhausted => error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "policy_rate_limited",
+                &message,
+            ),
+            ErrorKind::InvalidArgument => error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "policy_refused",
+                &message,
+            ),
+            ErrorKind::PermissionDenied => error(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "policy_refused",
+                &message,
+            ),
+            _ => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                "policy_refused",
+                &message,
+            ),
+        },
     };
     if let Some(served) = route_error.served() {
         add_served_headers(response.headers_mut(), served);

@@ -12,6 +12,7 @@ mod keys;
 mod local;
 mod metrics;
 mod provider_state;
+mod released;
 mod service;
 mod upstream;
 

@@ -622,20 +622,8 @@ mod tests {
                 &[],
             ),
             // Memory: another user's scope and global writes are not a user's.
-            (
-                r#"User::"alice""#,
-                "memory.read:user:bob",
-                "",
-                false,
-                &[],
-            ),
-            (
-                r#"User::"alice""#,
-                "memory.write:global",
-                "",
-                false,
-                &[],
-            ),
+            (r#"User::"alice""#, "memory.read:user:bob", "", false, &[]),
+            (r#"User::"alice""#, "memory.write:global", "", false, &[]),
             (
                 r#"User::"alice""#,
                 "memory.write:chat:garden",
@@ -651,13 +639,7 @@ mod tests {
                 &["root-manages-all-memory"],
             ),
             // The router's administration: root and the doctor, no user.
-            (
-                r#"User::"alice""#,
-                "llm.manage",
-                "",
-                false,
-                &[],
-            ),
+            (r#"User::"alice""#, "llm.manage", "", false, &[]),
             (
                 r#"User::"root""#,
                 "llm.manage",
@@ -672,13 +654,7 @@ mod tests {
                 true,
                 &["the-doctor-drains-and-cools-providers"],
             ),
-            (
-                r#"User::"alice""#,
-                "audit.read",
-                "",
-                false,
-                &[],
-            ),
+            (r#"User::"alice""#, "audit.read", "", false, &[]),
         ];
         for (principal, action, resource, allowed, policies) in cases {
             let (decided, determining) = decide(&authorizer, principal, action, resource);

@@ -4,6 +4,10 @@
 //! The runner trusts nothing it is sent: it re-reads the policy configuration, refuses a tool
 //! that is not configured, whose arguments fail the tool's checks, or whose network stance is
 //! not its socket's, and runs the tool with the tool's own limits.
+//!
+//! The daemon sends its request and keeps its side open while the tool runs: the end of that
+//! stream means the daemon's call is gone (cancelled, or the daemon stopped), and the runner
+//! kills the tool rather than finish work nobody will read.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -99,6 +103,48 @@ pub async fn read_message<Message: prost::Message + Default>(
         .map_err(|error| format!("malformed message: {error}"))
 }
 
+/// Reads one length-delimited message of at most `limit` bytes, leaving the stream open.
+pub async fn read_one_message<Message: prost::Message + Default>(
+    stream: &mut (impl AsyncRead + Unpin),
+    limit: u64,
+) -> Result<Message, String> {
+    let mut prefix = Vec::with_capacity(10);
+    let length = loop {
+        let byte = stream
+            .read_u8()
+            .await
+            .map_err(|error| format!("reading: {error}"))?;
+        prefix.push(byte);
+        if byte & 0x80 == 0 {
+            break prost::encoding::decode_varint(&mut prefix.as_slice())
+                .map_err(|error| format!("malformed message: {error}"))?;
+        }
+        if prefix.len() == 10 {
+            return Err("malformed message: its length does not end".to_owned());
+        }
+    };
+    if length > limit {
+        return Err(format!("the message is longer than {limit} bytes"));
+    }
+    let mut bytes = vec![0; usize::try_from(length).unwrap_or(usize::MAX)];
+    stream
+        .read_exact(&mut bytes)
+        .await
+        .map_err(|error| format!("reading: {error}"))?;
+    Message::decode(bytes.as_slice()).map_err(|error| format!("malformed message: {error}"))
+}
+
+/// Writes one length-delimited message and keeps the stream open.
+pub async fn send_message(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &impl prost::Message,
+) -> Result<(), String> {
+    stream
+        .write_all(&message.encode_length_delimited_to_vec())
+        .await
+        .map_err(|error| format!("writing: {error}"))
+}
+
 /// Writes one length-delimited message and closes the writing side.
 pub async fn write_message(
     stream: &mut (impl AsyncWrite + Unpin),
@@ -124,9 +170,22 @@ pub async fn serve(
     sandbox: &SandboxConfig,
     network: bool,
 ) -> Result<(), String> {
-    let result = match read_message::<RunRequest>(connection, MAX_REQUEST_BYTES).await {
+    let result = match read_one_message::<RunRequest>(connection, MAX_REQUEST_BYTES).await {
         Err(problem) => RunResult::refusal(format!("bad request: {problem}")),
-        Ok(request) => run(&request, tools, sandbox, network).await,
+        Ok(request) => {
+            let mut extra = [0_u8; 1];
+            tokio::select! {
+                result = run(&request, tools, sandbox, network) => result,
+                // The daemon sends nothing more: anything here, the end included, means its
+                // call is gone. Dropping `run` kills the tool (kill_on_drop).
+                _ = connection.read(&mut extra) => {
+                    return Err(format!(
+                        "the policy daemon went away while {:?} ran; the tool was stopped",
+                        request.tool
+                    ));
+                }
+            }
+        }
     };
     if !result.refused.is_empty() {
         tracing::warn!("request refused: {}", result.refused);
@@ -203,6 +262,13 @@ mod tests {
             ..ToolConfig::default()
         };
         BTreeMap::from([
+            (
+                "patient-shell".to_owned(),
+                ToolConfig {
+                    timeout_seconds: 600,
+                    ..shell.clone()
+                },
+            ),
             ("shell".to_owned(), shell.clone()),
             (
                 "online-shell".to_owned(),
@@ -223,14 +289,20 @@ mod tests {
         ])
     }
 
-    /// Sends `request` (raw bytes) to a runner of the given stance and returns its answer.
+    /// Sends `request` (raw bytes) to a runner of the given stance and returns its answer,
+    /// keeping the daemon's side open as the daemon does.
     async fn ask(request: Vec<u8>, network: bool) -> RunResult {
+        exchange(request, network, false).await
+    }
+
+    /// [`ask`], closing the daemon's writing side after the request when `close` is set.
+    async fn exchange(request: Vec<u8>, network: bool, close: bool) -> RunResult {
         let (mut daemon, mut runner) = tokio::io::duplex(64 * 1024);
         let serving = tokio::spawn(async move {
             serve(&mut runner, &tools(), &SandboxConfig::default(), network).await
         });
         // An oversized request is cut off by the runner, which then stops reading.
-        if daemon.write_all(&request).await.is_ok() {
+        if daemon.write_all(&request).await.is_ok() && close {
             daemon.shutdown().await.unwrap();
         }
         let result = read_message(&mut daemon, 1024 * 1024).await.unwrap();
@@ -280,9 +352,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_daemon_that_goes_away_stops_the_tool() {
+        let directory = tempfile::tempdir().unwrap();
+        let started = directory.path().join("started");
+        let (mut daemon, mut runner) = tokio::io::duplex(64 * 1024);
+        let serving = tokio::spawn(async move {
+            serve(&mut runner, &tools(), &SandboxConfig::default(), false).await
+        });
+        let script = format!("echo $$ > {}; exec sleep 30", started.display());
+        daemon
+            .write_all(&request("patient-shell", &[&script]))
+            .await
+            .unwrap();
+        // The tool has started when it has written its pid (prlimit execs the shell).
+        let pid = loop {
+            if let Ok(text) = std::fs::read_to_string(&started)
+                && let Ok(pid) = text.trim().parse::<i32>()
+            {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        drop(daemon);
+        let stopped = serving.await.unwrap().unwrap_err();
+        assert!(stopped.contains("went away"), "{stopped}");
+        // SIGKILL is sent as the run is dropped; the process is gone (or a zombie until it is
+        // reaped) as soon as the kernel has delivered it, long before the 600 s limit.
+        let mut state = String::new();
+        for _ in 0..500 {
+            state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if state.is_empty() || state.contains(") Z ") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the tool still runs: {state}");
+    }
+
+    #[tokio::test]
     async fn the_runner_checks_everything_again_and_refuses_what_its_configuration_does_not_allow()
     {
-        let garbage = ask(b"\x05\xff\xff\xff".to_vec(), false).await;
+        // Shorter than its length says, and then the stream ends.
+        let garbage = exchange(b"\x05\xff\xff\xff".to_vec(), false, true).await;
         assert!(
             garbage.refused.starts_with("bad request"),
             "{}",

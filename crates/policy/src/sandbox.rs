@@ -181,7 +181,9 @@ impl Sandbox {
                 tool: name.to_owned(),
                 arguments: arguments.to_vec(),
             };
-            crate::runner::write_message(&mut connection, &request).await?;
+            // The connection stays open while the tool runs: closing it (this future dropped,
+            // the call cancelled) makes the runner stop the tool.
+            crate::runner::send_message(&mut connection, &request).await?;
             let most = 2 * tool.max_output_bytes as u64 + 64 * 1024;
             let result: crate::runner::RunResult =
                 crate::runner::read_message(&mut connection, most).await?;

@@ -722,15 +722,52 @@ impl Policy for PolicyService {
             .tools
             .get(&request.tool)
             .ok_or_else(|| Status::not_found("tool"))?;
-        let execution = sandbox
-            .run(&request.tool, tool, &arguments)
-            .await
-            .map_err(|problem| {
-                status_of(ServiceError::new(
+        let shown_arguments = self.redactor.redact(&arguments.join(" ")).0;
+        // The intent is on disk before the tool starts: whatever happens next, the log shows
+        // that it was run, by whom, with what.
+        let intent = self
+            .record(Entry {
+                kind: "exec",
+                principal: request.principal.clone(),
+                action: action.clone(),
+                resource: decided.resource.clone(),
+                outcome: "started".to_owned(),
+                detail: json!({ "sandbox": sandbox.name(), "arguments": shown_arguments }),
+            })
+            .await?;
+        // Dropped with the call (the caller went away): the run is dropped too, which stops the
+        // tool, and the outcome "cancelled" is recorded in the background.
+        let mut unfinished = Unfinished {
+            audit: self.audit()?.clone(),
+            entry: Some(Entry {
+                kind: "exec",
+                principal: request.principal.clone(),
+                action: action.clone(),
+                resource: decided.resource.clone(),
+                outcome: "cancelled".to_owned(),
+                detail: json!({ "intent": intent, "sandbox": sandbox.name() }),
+            }),
+        };
+        let run = sandbox.run(&request.tool, tool, &arguments).await;
+        unfinished.entry = None;
+        let execution = match run {
+            Ok(execution) => execution,
+            Err(problem) => {
+                self.record(Entry {
+                    kind: "exec",
+                    principal: request.principal.clone(),
+                    action,
+                    resource: decided.resource.clone(),
+                    outcome: "failed".to_owned(),
+                    detail: json!({ "intent": intent, "sandbox": sandbox.name(), "error": problem }),
+                })
+                .await?;
+                return Err(status_of(ServiceError::new(
                     ErrorKind::Unavailable,
                     format!("sandbox: {problem}"),
-                ))
-            })?;
+                )));
+            }
+        };
         let (stdout, stdout_spans) = self
             .redactor
             .redact(&String::from_utf8_lossy(&execution.stdout));
@@ -747,9 +784,10 @@ impl Policy for PolicyService {
                 resource: decided.resource.clone(),
                 outcome: execution.outcome.as_str().to_owned(),
                 detail: json!({
+                    "intent": intent,
                     "exit_code": execution.exit_code,
                     "sandbox": sandbox.name(),
-                    "arguments": self.redactor.redact(&arguments.join(" ")).0,
+                    "arguments": shown_arguments,
                     "duration_seconds": execution.duration.as_secs_f64(),
                     "stdout_bytes": execution.stdout.len(),
                     "truncated": execution.truncated,
@@ -954,6 +992,26 @@ impl Health {
                 }
                 self.line.set(parts.serving.clone());
             }
+        }
+    }
+}
+
+/// A tool run whose outcome is not recorded yet; dropped unrecorded (the call was cancelled),
+/// it records `entry` in the background.
+struct Unfinished {
+    audit: AuditLog,
+    entry: Option<Entry>,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            let audit = self.audit.clone();
+            tokio::spawn(async move {
+                if let Err(error) = audit.append(entry).await {
+                    tracing::error!(%error, "the cancelled tool run's outcome is not audited");
+                }
+            });
         }
     }
 }

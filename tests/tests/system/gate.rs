@@ -416,3 +416,285 @@ async fn a_reply_is_withheld_when_its_prompt_cannot_be_audited() {
     let answer = client.chat(request("hello")).await.unwrap().into_inner();
     assert_eq!(answer.content, "reply from remote");
 }
+
+/// The texts of a reply a provider could fill with what policy must redact, and a field nobody
+/// listed: an e-mail address and an AWS key in each.
+const MAIL: &str = "bob@example.com";
+const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+
+fn leaky_completion() -> serde_json::Value {
+    serde_json::json!({
+        "id": "chatcmpl-leaky", "object": "chat.completion", "created": 0, "model": "m",
+        "x_provider_debug": format!("upstream saw {MAIL}"),
+        "choices": [
+            { "index": 0, "finish_reason": "tool_calls",
+              "message": { "role": "assistant", "content": "Sending it now.",
+                           "reasoning_content": format!("the key is {AWS_KEY}"),
+                           "tool_calls": [{ "id": "call_1", "type": "function",
+                                            "function": { "name": "send_mail",
+                                                          "arguments": format!("{{\"to\":\"{MAIL}\"}}") } }] },
+              "logprobs": { "content": [{ "token": MAIL, "logprob": -0.5, "bytes": [98, 111, 98],
+                                          "top_logprobs": [{ "token": AWS_KEY, "logprob": -3.0 }] }] } },
+            { "index": 1, "finish_reason": "stop",
+              "message": { "role": "assistant", "content": format!("write to {MAIL}") } }
+        ],
+        "usage": { "prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14 }
+    })
+}
+
+fn leaky_chunks() -> Vec<serde_json::Value> {
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        serde_json::json!({
+            "id": "chatcmpl-leaky", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish,
+                          "logprobs": { "content": [{ "token": MAIL, "logprob": -1.0 }] } }]
+        })
+    };
+    vec![
+        chunk(serde_json::json!({ "role": "assistant" }), None),
+        // A tool call before any text, its arguments split inside the address.
+        chunk(
+            serde_json::json!({ "tool_calls": [{ "index": 0, "id": "call_1", "type": "function",
+                "function": { "name": "send_mail", "arguments": "{\"to\":\"bob@exa" } }] }),
+            None,
+        ),
+        chunk(
+            serde_json::json!({ "tool_calls": [{ "index": 0, "function": { "arguments": "mple.com\"}" } }] }),
+            None,
+        ),
+        chunk(
+            serde_json::json!({ "reasoning_content": format!("the key is {AWS_KEY}") }),
+            None,
+        ),
+        chunk(serde_json::json!({ "content": "Sending it now." }), None),
+        chunk(serde_json::json!({}), Some("tool_calls")),
+        serde_json::json!({
+            "id": "chatcmpl-leaky", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [],
+            "usage": { "prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14 }
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn every_text_of_a_reply_is_redacted_every_choice_tool_call_reasoning_and_logprob() {
+    use synos_integration_tests::stand_in::Behaviour;
+    let remote = StandIn::start("remote").await;
+    let (sandbox, _daemons, mut client) = gated(&remote, "").await;
+    let (base, key) = http_key(&sandbox, "alice").await;
+    let http = reqwest::Client::new();
+    let ask = |stream: bool| {
+        http.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({
+                "model": "default", "stream": stream, "n": 2, "logprobs": true,
+                "messages": [{ "role": "user", "content": "mail bob" }],
+            }))
+            .send()
+    };
+
+    remote.script([Behaviour::Body(leaky_completion())], Behaviour::Ok);
+    let response = ask(false).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let whole: serde_json::Value = response.json().await.unwrap();
+    let text = whole.to_string();
+    assert!(!text.contains("bob@") && !text.contains("AKIA"), "{text}");
+    assert!(whole.get("x_provider_debug").is_none(), "{text}");
+    let first = &whole["choices"][0];
+    assert_eq!(
+        first["message"]["tool_calls"][0]["function"]["arguments"],
+        "{\"to\":\"[REDACTED:email]\"}"
+    );
+    assert_eq!(
+        first["message"]["tool_calls"][0]["function"]["name"],
+        "send_mail"
+    );
+    assert_eq!(
+        first["message"]["reasoning_content"],
+        "the key is [REDACTED:aws_access_key]"
+    );
+    assert_eq!(first["logprobs"]["content"][0]["token"], "[REDACTED:email]");
+    assert!(first["logprobs"]["content"][0].get("bytes").is_none());
+    assert_eq!(
+        first["logprobs"]["content"][0]["top_logprobs"][0]["token"],
+        "[REDACTED:aws_access_key]"
+    );
+    assert_eq!(
+        whole["choices"][1]["message"]["content"],
+        "write to [REDACTED:email]"
+    );
+    assert_eq!(whole["usage"]["total_tokens"], 14);
+
+    remote.script([Behaviour::Chunks(leaky_chunks())], Behaviour::Ok);
+    let events = ask(true).await.unwrap().text().await.unwrap();
+    assert!(
+        !events.contains("bob@") && !events.contains("AKIA"),
+        "{events}"
+    );
+    assert!(events.trim_end().ends_with("data: [DONE]"), "{events}");
+    // What the official client assembles, index by index.
+    let (mut content, mut reasoning, mut arguments, mut name) =
+        (String::new(), String::new(), String::new(), String::new());
+    let mut finish = String::new();
+    for data in events
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+    {
+        if data == "[DONE]" {
+            continue;
+        }
+        let chunk: serde_json::Value = serde_json::from_str(data).unwrap();
+        let Some(choice) = chunk["choices"].get(0) else {
+            continue;
+        };
+        let delta = &choice["delta"];
+        content.push_str(delta["content"].as_str().unwrap_or_default());
+        reasoning.push_str(delta["reasoning_content"].as_str().unwrap_or_default());
+        if let Some(call) = delta["tool_calls"].get(0) {
+            name.push_str(call["function"]["name"].as_str().unwrap_or_default());
+            arguments.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+        if let Some(reason) = choice["finish_reason"].as_str() {
+            finish = reason.to_owned();
+        }
+    }
+    assert_eq!(content, "Sending it now.");
+    assert_eq!(reasoning, "the key is [REDACTED:aws_access_key]");
+    assert_eq!(
+        (name.as_str(), arguments.as_str()),
+        ("send_mail", "{\"to\":\"[REDACTED:email]\"}")
+    );
+    assert_eq!(finish, "tool_calls");
+
+    // Over gRPC, the same stream's text.
+    remote.script([Behaviour::Chunks(leaky_chunks())], Behaviour::Ok);
+    let mut events = client
+        .chat_stream(request("mail bob"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut text = String::new();
+    while let Some(event) = futures_util::StreamExt::next(&mut events).await {
+        if let Some(synos_proto::llm::v1::chat_stream_event::Event::Delta(delta)) =
+            event.unwrap().event
+        {
+            text.push_str(&delta);
+        }
+    }
+    assert_eq!(text, "Sending it now.");
+}
+
+#[tokio::test]
+async fn every_text_a_model_reads_is_screened_and_embeddings_pass_the_same_gate() {
+    let remote = StandIn::start("remote").await;
+    let (sandbox, _daemons, _client) = gated(&remote, "").await;
+    let (base, key) = http_key(&sandbox, "alice").await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let benign = serde_json::json!([{ "role": "user", "content": "What is the weather?" }]);
+    for (what, body) in [
+        (
+            "a tool's description",
+            serde_json::json!({ "model": "default", "messages": benign,
+                "tools": [{ "type": "function", "function": { "name": "weather",
+                    "description": ATTACK, "parameters": { "type": "object" } } }] }),
+        ),
+        (
+            "a parameter's description",
+            serde_json::json!({ "model": "default", "messages": benign,
+                "tools": [{ "type": "function", "function": { "name": "weather",
+                    "parameters": { "type": "object", "properties": {
+                        "city": { "type": "string", "description": ATTACK } } } } }] }),
+        ),
+        (
+            "a content part without text",
+            serde_json::json!({ "model": "default", "messages": [{ "role": "user",
+                "content": [{ "type": "input_text", "input_text": ATTACK }] }] }),
+        ),
+        (
+            "an earlier tool result",
+            serde_json::json!({ "model": "default", "messages": [
+                { "role": "user", "content": "Summarise the page." },
+                { "role": "assistant", "content": null, "tool_calls": [{ "id": "c1", "type": "function",
+                    "function": { "name": "fetch", "arguments": "{}" } }] },
+                { "role": "tool", "tool_call_id": "c1", "content": ATTACK }] }),
+        ),
+    ] {
+        let response = post("/v1/chat/completions", body).await.unwrap();
+        assert_eq!(response.status(), 400, "{what}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "prompt_blocked", "{what}");
+    }
+    let response = post(
+        "/v1/embeddings",
+        serde_json::json!({ "model": "default", "input": ["fine", ATTACK] }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(remote.count(), 0, "nothing blocked reached the provider");
+
+    let response = post(
+        "/v1/embeddings",
+        serde_json::json!({ "model": "default", "input": "the weather in Paris" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let (code, audit, _) = output(sandbox.command("synosctl").args([
+        "audit",
+        "search",
+        "--principal",
+        "User::\"alice\"",
+        "--kind",
+        "screen",
+        "--json",
+    ]));
+    assert_eq!(code, 0);
+    assert_eq!(audit.lines().count(), 6, "{audit}");
+}
+
+#[tokio::test]
+async fn a_refusal_by_policy_is_a_refusal_even_when_unreachable_means_allow() {
+    let remote = StandIn::start("remote").await;
+    let sandbox = Sandbox::new();
+    sandbox.write_config("policy", "[rate_limits]\nper_minute = 2\nburst = 2\n");
+    let _policy = sandbox.start("policy").await;
+    sandbox.write_config(
+        "llm-router",
+        &config(&remote, "\n[policy]\nwhen_unreachable = \"allow\"\n"),
+    );
+    let _router = sandbox.start("llm-router").await;
+    let mut client = RouterClient::new(channel(&sandbox.socket("llm-router")).await);
+    // A route name policy finds malformed is the caller's mistake, not an outage.
+    let quoted = client
+        .chat(ChatRequest {
+            route: "a\"b".to_owned(),
+            ..request("hello")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(quoted.code(), Code::InvalidArgument, "{}", quoted.message());
+    client.chat(request("hello")).await.unwrap();
+    let limited = client.chat(request("hello")).await.unwrap_err();
+    assert_eq!(
+        limited.code(),
+        Code::ResourceExhausted,
+        "{}",
+        limited.message()
+    );
+    assert!(
+        limited.message().contains("rate limit"),
+        "{}",
+        limited.message()
+    );
+    assert_eq!(remote.count(), 1, "neither went to the provider unscreened");
+    let (status, metrics) = status_and_metrics(&sandbox).await;
+    assert!(!status.contains("DEGRADED"), "{status}");
+    assert!(!metrics.contains("reason=\"unscreened\""), "{metrics}");
+}

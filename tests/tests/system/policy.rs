@@ -464,6 +464,20 @@ async fn synosctl_screens_redacts_and_verifies_the_audit_log() {
 }
 
 /// Asserts that the audit chain verifies from its first record to its head.
+/// Polls `found` every 20 ms until it gives something or `within` has passed.
+async fn wait_for<T>(within: Duration, mut found: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(value) = found() {
+            return Some(value);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn assert_audit_intact(client: &mut PolicyClient<Channel>) {
     let verification = client
         .verify_audit(VerifyAuditRequest {})
@@ -1100,6 +1114,51 @@ async fn under_systemd_tools_run_through_the_sandbox_socket_and_its_runner_check
         .await
         .unwrap();
     assert!(hog.stderr.contains("MemoryError"), "{}", hog.stderr);
+
+    // A call cancelled while its tool runs: the intent was audited before the tool started,
+    // the tool stops with the call (long before its own 10 s limit), and the log says so.
+    let marker = sandbox.path().join("cancelled-tool.pid");
+    let script = format!(
+        "import os, time\nopen({:?}, 'w').write(str(os.getpid()))\ntime.sleep(30)",
+        marker.display().to_string()
+    );
+    let mut cancelled_client = client.clone();
+    let call = tokio::spawn(async move { exec(&mut cancelled_client, "python", &[&script]).await });
+    let pid = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok())
+    })
+    .await
+    .expect("the tool never started");
+    call.abort();
+    let aborted = std::time::Instant::now();
+    let stopped = wait_for(Duration::from_secs(8), || {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        (state.is_empty() || state.contains(") Z ")).then_some(())
+    })
+    .await;
+    assert!(stopped.is_some(), "the cancelled call's tool still runs");
+    assert!(aborted.elapsed() < Duration::from_secs(8));
+    // "cancelled" is written in the background once the call is gone.
+    let mut records = Vec::new();
+    for _ in 0..100 {
+        records = records_from(&mut client, 1, 1000)
+            .await
+            .into_iter()
+            .filter(|record| record.kind == "exec" && record.action == "tool.exec:python")
+            .map(|record| record.outcome)
+            .collect::<Vec<_>>();
+        if records.last().is_some_and(|outcome| outcome == "cancelled") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        records[records.len() - 2..],
+        ["started".to_owned(), "cancelled".to_owned()],
+        "{records:?}"
+    );
 
     let refused = exec(&mut client, "not-for-the-runner", &[])
         .await
