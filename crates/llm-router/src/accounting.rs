@@ -12,6 +12,13 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+/// Distinct routes, principals or providers one day's usage names before it counts new ones
+/// together (routes and providers come from the configuration; principals from keys and the
+/// accounts that call).
+pub(crate) const MAX_NAMES_PER_DAY: usize = 10_000;
+/// The name new ones are counted under past [`MAX_NAMES_PER_DAY`].
+pub(crate) const OTHERS: &str = "(others)";
+
 /// Totals for one name on one day.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Totals {
@@ -165,7 +172,8 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records a served request.
+    /// Records a served request. Past [`MAX_NAMES_PER_DAY`] distinct names in one table, a
+    /// new name is counted under [`OTHERS`]: a day's usage stays bounded whoever calls.
     pub(crate) fn charge(&self, charge: &Charge<'_>) {
         let mut guard = self.lock();
         let day = &mut *guard;
@@ -174,6 +182,11 @@ impl Ledger {
             (&mut day.principals, charge.principal),
             (&mut day.providers, charge.provider),
         ] {
+            let name = if totals.len() >= MAX_NAMES_PER_DAY && !totals.contains_key(name) {
+                OTHERS
+            } else {
+                name
+            };
             totals.entry(name.to_owned()).or_default().add(
                 charge.input_tokens,
                 charge.output_tokens,

@@ -794,6 +794,19 @@ impl Engine {
         elapsed: Duration,
         overhead: Option<Duration>,
     ) {
+        // A route name comes from the client: only configured ones become label values, so no
+        // client can forge exposition lines or grow the label set.
+        let topology = self.topology();
+        let route = if topology
+            .config
+            .routes
+            .iter()
+            .any(|known| known.name == route)
+        {
+            route
+        } else {
+            "unknown"
+        };
         let labels = RequestLabels {
             route: route.to_owned(),
             provider: provider.to_owned(),

@@ -93,6 +93,9 @@ pub(crate) fn to_line(exported: &Exported) -> String {
 }
 
 /// Parses and checks one line; the error says what is wrong, for "line N: …".
+/// The most earlier versions one imported memory may carry.
+const MAX_HISTORY_VERSIONS: usize = 10_000;
+
 pub(crate) fn from_line(text: &str, limits: Limits) -> Result<Exported, String> {
     let line: Line =
         serde_json::from_str(text).map_err(|error| format!("not a memory: {error}"))?;
@@ -134,8 +137,19 @@ pub(crate) fn from_line(text: &str, limits: Limits) -> Result<Exported, String> 
             Some(vector)
         }
     };
+    if line.history.len() > MAX_HISTORY_VERSIONS {
+        return Err(format!(
+            "history: {} versions, more than the {MAX_HISTORY_VERSIONS} one memory may carry",
+            line.history.len()
+        ));
+    }
     let mut history = Vec::with_capacity(line.history.len());
     for version in line.history {
+        // The same limits as Remember and Update: an import is no way around them.
+        let at = |error: String| format!("history version {}: {error}", version.version);
+        record::check_text(&version.text, limits).map_err(at)?;
+        record::check_importance(version.importance).map_err(at)?;
+        record::check_metadata(version.metadata.iter()).map_err(at)?;
         history.push(MemoryVersion {
             version: version.version,
             text: version.text,

@@ -66,6 +66,34 @@ pub(crate) struct MemoryService {
     pub(crate) access: Access,
 }
 
+/// An imported vector of the running model must have its length: one of another length would
+/// fix the index to the wrong dimension and every real vector would then be dropped. Without a
+/// model to ask (`dimensions` is `None`) the vector is dropped and embedded again later.
+fn check_dimensions(
+    memory: &mut store::Exported,
+    model_id: &str,
+    dimensions: Option<usize>,
+) -> Result<(), String> {
+    let Some(vector) = &memory.embedding else {
+        return Ok(());
+    };
+    if memory.memory.embedding_model != model_id {
+        return Ok(());
+    }
+    match dimensions {
+        Some(dimensions) if vector.len() != dimensions => Err(format!(
+            "embedding: {} values, but {model_id} makes vectors of {dimensions}",
+            vector.len()
+        )),
+        Some(_) => Ok(()),
+        None => {
+            memory.embedding = None;
+            memory.memory.embedding_model.clear();
+            Ok(())
+        }
+    }
+}
+
 fn milliseconds(field: &str, value: &Timestamp) -> Result<i64, Status> {
     if !(0..1_000_000_000).contains(&value.nanos) {
         return Err(invalid(format!(
@@ -620,6 +648,14 @@ impl MemoryApi for MemoryService {
         let mut line_number = 0_u64;
         let mut totals = store::ImportCounts::default();
         let model_id = self.model.id();
+        // The length every vector of this model has; `None` while no model could be loaded,
+        // when imported vectors of its id cannot be checked and are dropped (the text is kept
+        // and embedded again once a model loads).
+        let dimensions = self
+            .model
+            .ready()
+            .await
+            .map(|embedder| embedder.dimensions());
         while let Some(message) = stream.next().await {
             let message = message?;
             if message.lines.len() > self.config.store.max_batch {
@@ -635,12 +671,17 @@ impl MemoryApi for MemoryService {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let memory = export::from_line(line, self.limits()).map_err(|error| {
-                    invalid(format!(
-                        "line {line_number}: {error} (the {} memories before it were imported)",
-                        totals.imported + totals.replaced
-                    ))
-                })?;
+                let memory = export::from_line(line, self.limits())
+                    .and_then(|mut memory| {
+                        check_dimensions(&mut memory, &model_id, dimensions)?;
+                        Ok(memory)
+                    })
+                    .map_err(|error| {
+                        invalid(format!(
+                            "line {line_number}: {error} (the {} memories before it were imported)",
+                            totals.imported + totals.replaced
+                        ))
+                    })?;
                 memories.push(memory);
             }
             let written: Vec<Scope> = memories

@@ -190,6 +190,26 @@ fn span_counts(spans: &[Span]) -> serde_json::Value {
     json!(counts)
 }
 
+/// The longest action, resource, tool name or filter a request may name, in bytes: far above
+/// any real one (a route, tool or scope name is at most 256), and small enough that no
+/// client-chosen string bloats the audit log or a log line.
+const MAX_FIELD_BYTES: usize = 1024;
+
+/// `Ok` when every `(name, value)` is within [`MAX_FIELD_BYTES`]; INVALID_ARGUMENT naming the
+/// first that is not.
+fn bounded(fields: &[(&str, &str)]) -> Result<(), Status> {
+    match fields
+        .iter()
+        .find(|(_, value)| value.len() > MAX_FIELD_BYTES)
+    {
+        Some((name, value)) => Err(status_of(ServiceError::invalid_argument(format!(
+            "{name}: {} bytes, over the limit of {MAX_FIELD_BYTES}",
+            value.len()
+        )))),
+        None => Ok(()),
+    }
+}
+
 /// The principal a request acts as, from its caller's socket credentials and the principal it
 /// names (see [`Caller::acting_as`]).
 fn acting(caller: &Caller, claimed: &str) -> Result<String, Status> {
@@ -198,6 +218,15 @@ fn acting(caller: &Caller, claimed: &str) -> Result<String, Status> {
 
 /// ScreenPrompt's two principals, each checked against the caller.
 fn prompt_acting(caller: &Caller, request: &mut ScreenPromptRequest) -> Result<(), Status> {
+    if let Some(authorization) = &request.authorization {
+        bounded(&[
+            ("authorization.action", &authorization.action),
+            ("authorization.resource", &authorization.resource),
+        ])?;
+    }
+    if let Some(screening) = &request.screening {
+        bounded(&[("screening.resource", &screening.resource)])?;
+    }
     if let Some(authorization) = request.authorization.as_mut() {
         authorization.principal = acting(caller, &authorization.principal)?;
     }
@@ -464,6 +493,7 @@ impl Policy for PolicyService {
     ) -> Result<Response<AuthorizeResponse>, Status> {
         let caller = Caller::of(&request);
         let mut request = request.into_inner();
+        bounded(&[("action", &request.action), ("resource", &request.resource)])?;
         request.principal = acting(&caller, &request.principal)?;
         self.limit(&request.principal, &request.action).await?;
         let (entry, mut answer) = self.decide(&request)?;
@@ -477,6 +507,7 @@ impl Policy for PolicyService {
     ) -> Result<Response<ScreenInputResponse>, Status> {
         let caller = Caller::of(&request);
         let mut request = request.into_inner();
+        bounded(&[("resource", &request.resource)])?;
         request.principal = acting(&caller, &request.principal)?;
         let (entry, mut answer) = self.screened(&request).await?;
         answer.audit_sequence = self.record(entry).await?;
@@ -666,6 +697,7 @@ impl Policy for PolicyService {
     ) -> Result<Response<ToolCallResponse>, Status> {
         let caller = Caller::of(&request);
         let mut request = request.into_inner();
+        bounded(&[("tool", &request.tool)])?;
         request.principal = acting(&caller, &request.principal)?;
         self.limit(&request.principal, "tool.exec").await?;
         let (decided, reason, _) = self.check_tool(&request)?;
@@ -693,6 +725,7 @@ impl Policy for PolicyService {
     ) -> Result<Response<ExecToolResponse>, Status> {
         let caller = Caller::of(&request);
         let mut request = request.into_inner();
+        bounded(&[("tool", &request.tool)])?;
         request.principal = acting(&caller, &request.principal)?;
         self.limit(&request.principal, "tool.exec").await?;
         let (decided, reason, arguments) = self.check_tool(&request)?;
@@ -872,6 +905,11 @@ impl Policy for PolicyService {
     ) -> Result<Response<QueryAuditResponse>, Status> {
         self.administer(&Caller::of(&request), "audit.read").await?;
         let mut request = request.into_inner();
+        bounded(&[
+            ("kind", &request.kind),
+            ("principal", &request.principal),
+            ("action", &request.action),
+        ])?;
         // Records name principals in one canonical form; a login name finds the user's.
         if !request.principal.trim().is_empty() {
             request.principal =

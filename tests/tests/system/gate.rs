@@ -697,4 +697,18 @@ async fn a_refusal_by_policy_is_a_refusal_even_when_unreachable_means_allow() {
     let (status, metrics) = status_and_metrics(&sandbox).await;
     assert!(!status.contains("DEGRADED"), "{status}");
     assert!(!metrics.contains("reason=\"unscreened\""), "{metrics}");
+
+    // A route name made to forge exposition lines is no label: unknown routes count as one.
+    client
+        .chat(ChatRequest {
+            route: "x\"} 1\nsynos_forged_total 1\n#".to_owned(),
+            ..request("hello")
+        })
+        .await
+        .unwrap_err();
+    let (_, metrics) = status_and_metrics(&sandbox).await;
+    assert!(!metrics.contains("synos_forged_total"), "{metrics}");
+    assert!(!metrics.contains("route=\"x"), "{metrics}");
+    assert!(!metrics.contains("route=\"a"), "{metrics}");
+    assert!(metrics.contains("route=\"unknown\""), "{metrics}");
 }

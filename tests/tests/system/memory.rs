@@ -1249,3 +1249,68 @@ async fn forget_by_filter_touches_only_what_matches_in_the_named_scopes() {
     assert_eq!(forgotten, 2);
     assert!(left(&mut client, "chat:1").await.is_empty());
 }
+
+#[tokio::test]
+async fn an_import_is_held_to_the_model_and_to_the_limits_of_remember() {
+    let source = Sandbox::new();
+    let (_daemon, mut client) = start(&source).await;
+    remember(&mut client, "user:alice", "Alice keeps bees on the roof").await;
+    let exported = source.path().join("export.jsonl");
+    let (code, _, stderr) = output(
+        source
+            .command("synosctl")
+            .args(["memory", "export"])
+            .arg(&exported),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&exported).unwrap().trim()).unwrap();
+
+    let target = Sandbox::new();
+    let (_target_daemon, mut target_client) = start(&target).await;
+    let import = |name: &str, line: &serde_json::Value| {
+        let file = target.path().join(name);
+        std::fs::write(&file, format!("{line}\n")).unwrap();
+        output(
+            target
+                .command("synosctl")
+                .args(["memory", "import"])
+                .arg(&file),
+        )
+    };
+    // One float claiming to be the running model's vector: refused, and the index keeps the
+    // model's dimension.
+    let mut tiny = line.clone();
+    tiny["id"] = serde_json::json!("0190a0b2-7c4e-7a1b-9f3e-000000000001");
+    tiny["embedding"] = serde_json::json!("AACAPw==");
+    let (code, _, stderr) = import("tiny.jsonl", &tiny);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("line 1: embedding: 1 values, but all-MiniLM-L6-v2 makes vectors of 384"),
+        "{stderr}"
+    );
+    // History is checked as Update would check it.
+    let mut long_history = line.clone();
+    long_history["history"] = serde_json::json!([{
+        "version": 1, "text": "x".repeat(64 * 1024), "kind": "fact",
+        "importance": 0.5, "metadata": {}, "replaced_ms": 1, "reason": "update"
+    }]);
+    let (code, _, stderr) = import("history.jsonl", &long_history);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("line 1: history version 1: text"),
+        "{stderr}"
+    );
+
+    // The real line imports, and vector recall finds it.
+    let (code, _, stderr) = import("real.jsonl", &line);
+    assert_eq!(code, 0, "{stderr}");
+    let found = recall(
+        &mut target_client,
+        &["user:alice"],
+        "who has beehives",
+        RecallMode::Vector,
+    )
+    .await;
+    assert_eq!(texts(&found), ["Alice keeps bees on the roof"]);
+}

@@ -1203,3 +1203,49 @@ async fn under_systemd_tools_run_through_the_sandbox_socket_and_its_runner_check
         .unwrap();
     assert_eq!(still_serving.into_inner().decision(), Decision::Allow);
 }
+
+#[tokio::test]
+async fn huge_principals_and_resources_are_refused_before_they_reach_the_audit_log() {
+    let sandbox = Sandbox::new();
+    let (_daemon, mut client) = start(&sandbox, "").await;
+    let before = records_from(&mut client, 1, 1000).await.len();
+    let huge = "x".repeat(64 * 1024);
+    let screen = |principal: &str, resource: &str| ScreenInputRequest {
+        text: "hello".to_owned(),
+        principal: principal.to_owned(),
+        resource: resource.to_owned(),
+    };
+    for (request, field) in [
+        (screen(&huge, ""), "principal"),
+        (screen("", &huge), "resource"),
+        (screen(&format!("User::\"{huge}\""), ""), "principal"),
+    ] {
+        let refused = client.screen_input(request).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{}",
+            refused.message()
+        );
+        assert!(
+            refused.message().starts_with(&format!("{field}: ")),
+            "{}",
+            refused.message()
+        );
+    }
+    let refused = client
+        .authorize(AuthorizeRequest {
+            principal: String::new(),
+            action: format!("tool.exec:{huge}"),
+            resource: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::InvalidArgument,
+        "{}",
+        refused.message()
+    );
+    assert_eq!(records_from(&mut client, 1, 1000).await.len(), before);
+}
