@@ -279,15 +279,76 @@ async fn serve_http(
         |_| "http://?".to_owned(),
         |address| format!("http://{address}"),
     );
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, http.app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "HTTP endpoint stopped");
-        }
-    });
+    let task = tokio::spawn(serve_http_connections(listener, http.app, shutdown));
     (description, Some(task))
+}
+
+/// At most this many HTTP connections are served at once; more wait in the kernel's listen
+/// backlog. However many a client opens, the daemon's file descriptors (and with them its
+/// gRPC socket) stay its own.
+pub const MAX_HTTP_CONNECTIONS: usize = 256;
+/// A request's headers must have arrived this long after the connection opened or the previous
+/// response went out, or the connection is closed: idle and trickling clients free their slot.
+pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts and serves HTTP/1.1 connections on `listener` until `shutdown`, within
+/// [`MAX_HTTP_CONNECTIONS`] and [`HTTP_HEADER_TIMEOUT`]; then lets the open ones finish their
+/// requests, for at most the drain limit. Every daemon's HTTP endpoint is served by this (the
+/// doctor's metrics through [`GrpcServer::http`], the router's OpenAI endpoint directly).
+pub async fn serve_http_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP_HEADER_TIMEOUT);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors or memory for now: pause rather than spin.
+                    tracing::warn!(%error, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_millis(4500), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open at the end of the drain were cut");
+    }
 }
 
 async fn serve_listener(listener: Listener, routes: Routes, shutdown: CancellationToken) {

@@ -9,10 +9,10 @@
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,12 @@ use crate::keys::KeyRecord;
 pub(crate) struct HttpState {
     engine: Arc<Engine>,
     failed_auth: DefaultDirectRateLimiter,
+    /// `[http] max_body_bytes`.
+    max_body_bytes: usize,
 }
+
+/// How long a request's body may take to arrive once its headers have.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The endpoint's routes.
 pub(crate) fn router(
@@ -44,13 +49,15 @@ pub(crate) fn router(
     let state = Arc::new(HttpState {
         engine,
         failed_auth: RateLimiter::direct(Quota::per_second(per_second)),
+        max_body_bytes,
     });
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        // The handlers read bodies themselves, after authentication and within their limit.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -141,18 +148,79 @@ impl HttpState {
     }
 
     /// The request body as a JSON object, or the reply refusing it.
-    fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, Response> {
-        let bytes = body.map_err(|rejection| {
-            let status = rejection.status();
-            self.engine.metrics.http_rejected("unreadable_body");
-            error(
-                status,
+    /// The body, read only now that the request is authenticated: at most `max_body_bytes`
+    /// (413 naming the limit, and the connection closed, since the rest of the body is not
+    /// read), within [`BODY_TIMEOUT`] (408).
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+        let limit = self.max_body_bytes;
+        let too_large = || {
+            self.engine.metrics.http_rejected("body_too_large");
+            let mut response = error(
+                StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
-                "invalid_body",
-                &format!("cannot read the request body: {}", rejection.body_text()),
-            )
-        })?;
-        match serde_json::from_slice::<Value>(&bytes) {
+                "body_too_large",
+                &format!(
+                    "cannot read the request body: it is larger than the router's limit of \
+                     {limit} bytes ([http] max_body_bytes)"
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(too_large());
+        }
+        let read = async {
+            let mut bytes = Vec::with_capacity(declared.map_or(0, |length| length as usize));
+            let mut stream = body.into_data_stream();
+            while let Some(piece) = stream.next().await {
+                let piece = piece.map_err(|problem| problem.to_string())?;
+                if bytes.len() + piece.len() > limit {
+                    return Ok(None);
+                }
+                bytes.extend_from_slice(&piece);
+            }
+            Ok::<_, String>(Some(Bytes::from(bytes)))
+        };
+        match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Ok(Ok(Some(bytes))) => Ok(bytes),
+            Ok(Ok(None)) => Err(too_large()),
+            Ok(Err(problem)) => {
+                self.engine.metrics.http_rejected("unreadable_body");
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_body",
+                    &format!("cannot read the request body: {problem}"),
+                ))
+            }
+            Err(_) => {
+                self.engine.metrics.http_rejected("body_timeout");
+                let mut response = error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request_error",
+                    "body_timeout",
+                    &format!(
+                        "cannot read the request body: it did not arrive within {} s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Err(response)
+            }
+        }
+    }
+
+    fn body(&self, bytes: &Bytes) -> Result<Map<String, Value>, Response> {
+        match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(fields)) => Ok(fields),
             Ok(_) => Err(self.malformed("the request body must be a JSON object")),
             Err(parse_error) => Err(self.malformed(&format!(
@@ -161,14 +229,16 @@ impl HttpState {
         }
     }
 
-    /// Authenticates a request and reads its body and route: everything before routing.
-    fn admit(
+    /// Authenticates a request, then reads its body and route: everything before routing. No
+    /// byte of the body is read for a client without a valid key.
+    async fn admit(
         &self,
         headers: &HeaderMap,
-        body: Result<Bytes, BytesRejection>,
+        body: Body,
     ) -> Result<(KeyRecord, Map<String, Value>, String), Response> {
         let key = self.authenticate(headers)?;
-        let fields = self.body(body)?;
+        let bytes = self.read_body(headers, body).await?;
+        let fields = self.body(&bytes)?;
         let route = self.route(&fields, &key)?;
         Ok((key, fields, route))
     }
@@ -310,9 +380,9 @@ fn add_served_headers(headers: &mut HeaderMap, served: &Served) {
 async fn chat_completions(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let (key, mut fields, route) = match state.admit(&headers, body) {
+    let (key, mut fields, route) = match state.admit(&headers, body).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
@@ -401,9 +471,9 @@ async fn chat_completions(
 async fn embeddings(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let (key, fields, route) = match state.admit(&headers, body) {
+    let (key, fields, route) = match state.admit(&headers, body).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };

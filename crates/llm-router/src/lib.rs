@@ -115,14 +115,9 @@ pub async fn run(config: DaemonConfig<Config>, shutdown: Shutdown) -> Result<(),
                     config.settings.http.failed_auth_per_second,
                 );
                 let stop = shutdown.clone();
-                http_task = Some(tokio::spawn(async move {
-                    let served = axum::serve(listener, app)
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .await;
-                    if let Err(error) = served {
-                        tracing::error!(%error, "HTTP endpoint stopped");
-                    }
-                }));
+                http_task = Some(tokio::spawn(synos_common::server::serve_http_connections(
+                    listener, app, stop,
+                )));
             }
             Err(error) => {
                 // gRPC still serves: degrade, and say so, rather than refuse to start.

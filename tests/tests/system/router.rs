@@ -1459,3 +1459,89 @@ async fn an_unusable_state_directory_degrades_the_router_but_it_still_routes() {
             .contains("budgets reset and keys vanish on restart")
     );
 }
+
+#[tokio::test]
+async fn idle_and_unauthenticated_http_clients_cannot_starve_the_router() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let only = StandIn::start("a").await;
+    let sandbox = Sandbox::new();
+    sandbox.write_config(
+        "llm-router",
+        &(provider("a", &only, "") + &route("default", &["a"], "")),
+    );
+    // The router with 300 descriptors: fewer than the clients below.
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .args(["--nofile=300:300", "--"])
+        .arg(synos_integration_tests::binary("synos-llm-router"));
+    let template = sandbox.command("synos-llm-router");
+    for (name, value) in template.get_envs() {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command.stdin(std::process::Stdio::null());
+    let socket = sandbox.socket("llm-router");
+    let _router = sandbox.start_with("llm-router", command, &socket).await;
+    let base = http_listener(&socket).await.unwrap();
+    let address = base.trim_start_matches("http://").to_owned();
+
+    // Headers promising a huge body, and no key: refused at once, the body never read.
+    let mut probe = tokio::net::TcpStream::connect(&address).await.unwrap();
+    probe
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut reply = vec![0_u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), probe.read(&mut reply))
+        .await
+        .expect("an unauthenticated request waited for its body")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply[..read]);
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+
+    // Up to 1 100 idle connections (those the kernel's backlog takes): more than the router's
+    // descriptors. It serves 256 at a time and leaves the rest waiting in the backlog.
+    let mut idle = Vec::new();
+    let mut refused_in_a_row = 0;
+    while idle.len() < 1100 && refused_in_a_row < 3 {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(&address),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                idle.push(stream);
+                refused_in_a_row = 0;
+            }
+            // The backlog is full: the kernel drops further handshakes.
+            _ => refused_in_a_row += 1,
+        }
+    }
+    assert!(idle.len() > 300, "only {} connections opened", idle.len());
+    // The gRPC socket still answers, on new connections.
+    for _ in 0..3 {
+        let mut client = RouterClient::new(channel(&socket).await);
+        client
+            .list_providers(ListProvidersRequest {})
+            .await
+            .expect("the gRPC socket stopped answering");
+    }
+    drop(idle);
+    // And HTTP serves again once they are gone.
+    let (_, stdout, _) = synosctl(&sandbox, &["llm", "keys", "create", "--principal", "bob"]);
+    let key = stdout.lines().last().unwrap().trim().to_owned();
+    let response = http_client()
+        .await
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
